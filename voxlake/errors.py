@@ -1,0 +1,44 @@
+"""The exception tree. Every error voxlake raises on purpose is a :class:`VoxlakeError`.
+
+::
+
+    VoxlakeError
+    ├── InvalidDicomError       bytes that claim to be DICOM but cannot be read
+    ├── NotDicomError           bytes that are not DICOM at all (ingest skips and counts them)
+    ├── LakeNotFoundError       no lake at the given URI
+    ├── SourceError             a source that cannot be listed or opened
+    ├── InvalidArgumentError    a wrong option value; the message lists the valid ones
+    └── MissingExtraError       an optional part (Spark, S3) that is not installed
+
+Messages name the file or field and say how to fix it, so the CLI can print them as one line.
+"""
+
+from __future__ import annotations
+
+
+class VoxlakeError(Exception):
+    """Base class of all voxlake errors."""
+
+
+class InvalidDicomError(VoxlakeError):
+    """The input claims to be DICOM (or looks like it) but cannot be read."""
+
+
+class NotDicomError(VoxlakeError):
+    """The input is not DICOM; ingest counts such files as skipped, not as errors."""
+
+
+class LakeNotFoundError(VoxlakeError):
+    """There is no lake (no voxlake tables) at the given URI."""
+
+
+class SourceError(VoxlakeError):
+    """A source cannot be listed or opened."""
+
+
+class InvalidArgumentError(VoxlakeError, ValueError):
+    """An option has a value outside its valid set."""
+
+
+class MissingExtraError(VoxlakeError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""

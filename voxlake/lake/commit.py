@@ -1,0 +1,138 @@
+"""Atomic runs: workers stage Parquet files, the driver adds them in Delta transactions.
+
+A run touches four tables and Delta Lake commits one table at a time, so the ``ingest_runs`` row
+is the run's commit point: the data tables are committed first, the run row last, and every
+view reads data rows only of runs that have a row in ``ingest_runs``. A run killed at any moment
+therefore leaves the lake as it was (its staged files and any data commits are invisible), and
+rerunning it redoes exactly its files. Staged files of such runs are removed by ``Lake.vacuum``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from voxlake.lake import schema, storage
+
+#: Data tables in commit order; ``ingest_runs`` always comes last.
+DATA_TABLES = ("instances", "ingest_errors", "ingest_files")
+_STATS_COLUMNS = ("StudyDate", "Modality", "PatientID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A Parquet file written into a table folder but not yet part of any table version."""
+
+    table: str
+    path: str  # relative to the table root
+    size: int
+    num_records: int
+    stats: str
+    modification_time: int
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @staticmethod
+    def from_json(text: str) -> StagedFile:
+        return StagedFile(**json.loads(text))
+
+
+def stage(table_name: str, data: pa.Table, lake_uri: str, run_id: str) -> StagedFile | None:
+    """Write ``data`` as one Parquet file under the table's folder; None when it has no rows."""
+    if data.num_rows == 0:
+        return None
+    rel = f"part-{run_id}-{uuid.uuid4().hex}.parquet"
+    target = storage.join(lake_uri, table_name, rel)
+    if storage.is_local(lake_uri):
+        pq.write_table(data, target, compression="zstd")
+        import os
+
+        size = os.path.getsize(target)
+    else:
+        fs = storage.filesystem(lake_uri)
+        with fs.open(target, "wb") as f:
+            pq.write_table(data, f, compression="zstd")
+        size = int(fs.info(target)["size"])
+    return StagedFile(
+        table=table_name,
+        path=rel,
+        size=size,
+        num_records=data.num_rows,
+        stats=_stats(data),
+        modification_time=int(time.time() * 1000),
+    )
+
+
+def _stats(data: pa.Table) -> str:
+    """Delta add-action statistics, so readers can skip files (PROTOCOL.md, Per-file Statistics)."""
+    import pyarrow.compute as pc
+
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    nulls: dict[str, int] = {}
+    for name in _STATS_COLUMNS:
+        if name not in data.column_names:
+            continue
+        col = data.column(name)
+        nulls[name] = col.null_count
+        mm = pc.min_max(col).as_py()
+        if mm["min"] is not None:
+            mins[name] = str(mm["min"])
+            maxs[name] = str(mm["max"])
+    return json.dumps(
+        {"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
+    )
+
+
+def ensure_tables(lake_uri: str) -> None:
+    """Create the lake's Delta tables if they do not exist yet (idempotent)."""
+    from deltalake import DeltaTable
+
+    opts = storage.delta_storage_options(lake_uri)
+    for name, table_schema in schema.TABLES.items():
+        uri = storage.join(lake_uri, name)
+        if not DeltaTable.is_deltatable(uri, storage_options=opts):
+            DeltaTable.create(
+                uri,
+                schema=table_schema,
+                mode="ignore",
+                name=name,
+                storage_options=opts,
+            )
+
+
+def commit_run(lake_uri: str, staged: list[StagedFile], run_row: dict[str, Any]) -> None:
+    """Add the staged files to their tables, then append the run row: the commit point."""
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from deltalake.transaction import AddAction
+
+    opts = storage.delta_storage_options(lake_uri)
+    run_id = run_row["run_id"]
+    for name in DATA_TABLES:
+        files = [s for s in staged if s.table == name]
+        if not files:
+            continue
+        dt = DeltaTable(storage.join(lake_uri, name), storage_options=opts)
+        actions = [
+            AddAction(f.path, f.size, {}, f.modification_time, True, f.stats) for f in files
+        ]
+        dt.create_write_transaction(
+            actions,
+            mode="append",
+            schema=schema.TABLES[name],
+            commit_properties=CommitProperties(custom_metadata={"voxlake.run_id": run_id}),
+        )
+    write_deltalake(
+        storage.join(lake_uri, "ingest_runs"),
+        pa.Table.from_pylist([run_row], schema=schema.INGEST_RUNS),
+        mode="append",
+        storage_options=opts,
+        commit_properties=CommitProperties(custom_metadata={"voxlake.run_id": run_id}),
+    )

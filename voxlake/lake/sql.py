@@ -1,0 +1,143 @@
+"""SQL over the lake in embedded DuckDB: the current Delta versions as views, plus DICOM macros.
+
+``dicom_tag(meta, path)`` reads any attribute from the ``meta`` JSON by keyword or tag, with
+paths into sequences: ``dicom_tag(meta, 'ReferencedImageSequence[0].ReferencedSOPInstanceUID')``.
+It returns text: one value as is (a person name as its Alphabetic group), several joined by a
+backslash as in DICOM, a sequence as JSON; ``[i]`` after the last step picks one value.
+``dicom_json(meta, path)`` returns the element itself as JSON (``{"vr": ..., "Value": [...]}``).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import pyarrow as pa
+
+from voxlake.dicom.vr import tag_for_keyword
+from voxlake.errors import InvalidArgumentError
+from voxlake.lake import schema, storage
+from voxlake.lake.views import view_definitions
+
+_STEP = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*|\(?[0-9A-Fa-f]{4},?[0-9A-Fa-f]{4}\)?)\s*(?:\[(\d+)\])?\s*$")
+
+RAW_NAMES = {
+    "instances": "_instances",
+    "ingest_errors": "_ingest_errors",
+    "ingest_files": "_ingest_files",
+    "ingest_runs": "ingest_runs",
+}
+
+
+@lru_cache(maxsize=1024)
+def dicom_path(path: str) -> str:
+    """Translate ``'Seq[0].Keyword'`` into a JSON path over the DICOM JSON model.
+
+    The last step addresses the element; an index on it selects a value (``$..Value[i]``).
+    """
+    steps = path.split(".")
+    out = "$"
+    for i, step in enumerate(steps):
+        m = _STEP.match(step)
+        if not m:
+            raise InvalidArgumentError(f"dicom path {path!r}: cannot read step {step!r}")
+        name, index = m.group(1), m.group(2)
+        tag = _tag(name, path)
+        out += f'."{tag}"'
+        last = i == len(steps) - 1
+        if not last:
+            out += f".Value[{index or 0}]"
+        elif index is not None:
+            out += f".Value[{index}]"
+    return out
+
+
+def _tag(name: str, path: str) -> str:
+    hexdigits = name.strip("()").replace(",", "")
+    if len(hexdigits) == 8 and all(c in "0123456789abcdefABCDEF" for c in hexdigits):
+        return hexdigits.upper()
+    tag = tag_for_keyword(name)
+    if tag is None:
+        raise InvalidArgumentError(f"dicom path {path!r}: {name!r} is not a DICOM keyword or tag")
+    return f"{tag:08X}"
+
+
+def _dicom_value_sql(e: str, x: str) -> str:
+    """SQL rendering a JSON value (x) of an element as text."""
+    return (
+        f"CASE WHEN json_type({x}) = 'OBJECT' AND json_exists({x}, '$.Alphabetic') "
+        f"THEN json_extract_string({x}, '$.Alphabetic') "
+        f"WHEN json_type({x}) IN ('OBJECT', 'ARRAY') THEN CAST({x} AS VARCHAR) "
+        f"ELSE json_extract_string({x}, '$') END"
+    )
+
+
+_MACROS = [
+    "CREATE OR REPLACE MACRO dicom_json(meta, path) AS json_extract(meta, dicom_path(path))",
+    "CREATE OR REPLACE MACRO _dicom_render(x) AS " + _dicom_value_sql("", "x"),
+    # An element (has "vr") renders its Value; an indexed value renders itself.
+    """CREATE OR REPLACE MACRO _dicom_render_element(e) AS CASE
+        WHEN e IS NULL THEN NULL
+        WHEN json_type(e) = 'OBJECT' AND json_exists(e, '$.vr') THEN
+            CASE WHEN json_extract_string(e, '$.vr') = 'SQ' THEN CAST(json_extract(e, '$.Value') AS VARCHAR)
+                 WHEN NOT json_exists(e, '$.Value') THEN
+                    coalesce(json_extract_string(e, '$.BulkDataURI'), json_extract_string(e, '$.InlineBinary'))
+                 ELSE array_to_string(list_transform(json_extract(e, '$.Value[*]'), lambda v: _dicom_render(v)), '\\')
+            END
+        ELSE _dicom_render(e) END""",
+    "CREATE OR REPLACE MACRO dicom_tag(meta, path) AS _dicom_render_element(json_extract(meta, dicom_path(path)))",
+]
+
+
+def connect(lake_uri: str) -> Any:
+    """A DuckDB connection with the lake's tables (current versions), views and macros."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    con = duckdb.connect()
+    con.create_function("dicom_path", dicom_path, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"), side_effects=False)
+    opts = storage.delta_storage_options(lake_uri)
+    local = storage.is_local(lake_uri)
+    for table, raw in RAW_NAMES.items():
+        dt = DeltaTable(storage.join(lake_uri, table), storage_options=opts)
+        files = dt.file_uris()
+        if not files:
+            con.register(raw, schema.TABLES[table].empty_table())
+        elif local:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(f"CREATE VIEW {raw} AS SELECT * FROM read_parquet([{listing}])")
+        else:
+            con.register(raw, dt.to_pyarrow_dataset())
+    for name, select in view_definitions("duckdb"):
+        con.execute(f"CREATE VIEW {name} AS {select}")
+    for macro in _MACROS:
+        con.execute(macro)
+    return con
+
+
+class Result:
+    """The result of :meth:`Lake.sql`: ``.arrow()``, ``.df()``, ``.fetchall()``, ``.columns``."""
+
+    def __init__(self, relation: Any, connection: Any) -> None:
+        self._relation = relation
+        self._connection = connection  # keeps the views alive as long as the result
+
+    @property
+    def columns(self) -> list[str]:
+        return [] if self._relation is None else list(self._relation.columns)
+
+    def arrow(self) -> pa.Table:
+        if self._relation is None:
+            return pa.table({})
+        out = self._relation.arrow()
+        return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+
+    def df(self) -> Any:
+        return self.arrow().to_pandas()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return [] if self._relation is None else self._relation.fetchall()
+
+    def __repr__(self) -> str:
+        return repr(self._relation)

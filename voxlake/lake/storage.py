@@ -1,0 +1,80 @@
+"""Where bytes live: local paths and fsspec URLs, for sources and for lakes.
+
+Credentials and endpoints come from the environment, read here once per call site, the same way
+for fsspec (sources, staged Parquet) and for delta-rs (commits): ``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``/``AWS_DEFAULT_REGION``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_REMOTE_PREFIXES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "memory://")
+
+
+def is_local(uri: str) -> bool:
+    """True for plain paths and ``file://`` URLs."""
+    return "://" not in uri or uri.startswith("file://")
+
+
+def normalize(uri: str) -> str:
+    """Local paths become absolute paths (the form stored in ``uri`` columns); URLs stay as given."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        return uri.rstrip("/") if uri.count("/") > 3 else uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def filesystem(uri: str) -> Any:
+    """The fsspec filesystem for a URI (the local one for paths)."""
+    import fsspec
+
+    if is_local(uri):
+        return fsspec.filesystem("file")
+    protocol = uri.split("://", 1)[0]
+    if protocol in ("s3", "s3a"):
+        _require("s3fs", "s3")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs: dict[str, Any] = {}
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
+        return fsspec.filesystem("s3", **kwargs)
+    return fsspec.filesystem(protocol)
+
+
+def delta_storage_options(uri: str) -> dict[str, str]:
+    """Options for delta-rs. For S3 without a DynamoDB lock, commits use delta-rs's
+    unsafe-rename mode unless ``AWS_S3_LOCKING_PROVIDER`` or conditional put is configured:
+    one writer at a time per lake, which is how ``voxlake ingest`` runs."""
+    if is_local(uri):
+        return {}
+    opts: dict[str, str] = {}
+    if uri.startswith(("s3://", "s3a://")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            opts["AWS_ENDPOINT_URL"] = endpoint
+            if endpoint.startswith("http://"):
+                opts["AWS_ALLOW_HTTP"] = "true"
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            opts["AWS_REGION"] = region
+        if not (
+            os.environ.get("AWS_S3_LOCKING_PROVIDER") or os.environ.get("AWS_CONDITIONAL_PUT")
+        ):
+            opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
+    return opts
+
+
+def _require(module: str, extra: str) -> None:
+    import importlib.util
+
+    from voxlake.errors import MissingExtraError
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(f"{module} is needed for this URL: pip install 'voxlake[{extra}]'")
