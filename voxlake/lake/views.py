@@ -50,8 +50,8 @@ def view_definitions(dialect: str = "duckdb") -> list[tuple[str, str]]:
                 min(coalesce(SeriesDate, StudyDate)) AS first_date,
                 max(coalesce(SeriesDate, StudyDate)) AS last_date,
                 count(*) AS instances,
-                sum(coalesce(NumberOfFrames, 1)) AS frames,
-                sum(size) AS total_bytes,
+                CAST(sum(coalesce(NumberOfFrames, 1)) AS BIGINT) AS frames,
+                CAST(sum(size) AS BIGINT) AS total_bytes,
                 max(indexed_at) AS last_indexed_at
             FROM instances GROUP BY SeriesInstanceUID""",
         ),
@@ -67,7 +67,7 @@ def view_definitions(dialect: str = "duckdb") -> list[tuple[str, str]]:
                 {mods} AS ModalitiesInStudy,
                 count(DISTINCT SeriesInstanceUID) AS series,
                 count(*) AS instances,
-                sum(size) AS total_bytes,
+                CAST(sum(size) AS BIGINT) AS total_bytes,
                 min(coalesce(SeriesDate, StudyDate)) AS first_date,
                 max(coalesce(SeriesDate, StudyDate)) AS last_date,
                 max(indexed_at) AS last_indexed_at
@@ -85,7 +85,7 @@ def view_definitions(dialect: str = "duckdb") -> list[tuple[str, str]]:
                 {mods} AS modalities,
                 min(StudyDate) AS first_study_date,
                 max(StudyDate) AS last_study_date,
-                sum(size) AS total_bytes
+                CAST(sum(size) AS BIGINT) AS total_bytes
             FROM instances GROUP BY PatientID""",
         ),
     ]

@@ -1,0 +1,1 @@
+"""The ``voxlake`` command line: a thin layer over the library API."""
