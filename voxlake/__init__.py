@@ -16,11 +16,12 @@ from voxlake.errors import (
     LakeNotFoundError,
     MissingExtraError,
     NotDicomError,
+    QueryError,
     SourceError,
     VoxlakeError,
 )
 from voxlake.lake.lake import Lake
-from voxlake.lake.lake import open_lake as open  # noqa: A001 - the public name is voxlake.open
+from voxlake.lake.lake import open_lake as open
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "LakeNotFoundError",
     "MissingExtraError",
     "NotDicomError",
+    "QueryError",
     "SourceError",
     "VoxlakeError",
     "__version__",

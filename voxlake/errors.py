@@ -7,6 +7,7 @@
     ├── NotDicomError           bytes that are not DICOM at all (ingest skips and counts them)
     ├── LakeNotFoundError       no lake at the given URI
     ├── SourceError             a source that cannot be listed or opened
+    ├── QueryError              SQL that DuckDB (or a voxlake macro) rejects
     ├── InvalidArgumentError    a wrong option value; the message lists the valid ones
     └── MissingExtraError       an optional part (Spark, S3) that is not installed
 
@@ -42,3 +43,7 @@ class InvalidArgumentError(VoxlakeError, ValueError):
 
 class MissingExtraError(VoxlakeError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class QueryError(VoxlakeError):
+    """A SQL query failed: DuckDB's message, or the voxlake macro's, without engine noise."""

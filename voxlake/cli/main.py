@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--no-sha256", action="store_true", help="skip hashing (faster; sha256 column left empty)")
     ing.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ing.add_argument("--quiet", action="store_true", help="no progress bar")
-    ing.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    ing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     q = sub.add_parser("sql", help="run SQL over the lake (DuckDB)", description="Tables and views: "
                        "instances, instances_history, series, studies, patients, ingest_errors, "
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--lake", required=True, help="lake folder or URL")
     q.add_argument("--format", default="table", help="table (default), csv, json or parquet")
     q.add_argument("--output", "-o", default=None, help="write to FILE instead of standard output")
-    q.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 

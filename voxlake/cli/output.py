@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import date, datetime, time
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 from typing import IO, Any
 
 import pyarrow as pa
@@ -14,7 +14,7 @@ import pyarrow as pa
 from voxlake.errors import InvalidArgumentError
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     TABLE = "table"
     CSV = "csv"
     JSON = "json"

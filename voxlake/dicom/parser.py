@@ -93,7 +93,7 @@ class _Truncated(Exception):
 class _Stream:
     """A forward-only window over a file, with absolute offsets, feeding an optional hasher."""
 
-    __slots__ = ("fp", "hasher", "buf", "start", "eof", "size")
+    __slots__ = ("buf", "eof", "fp", "hasher", "size", "start")
 
     def __init__(self, fp: BinaryIO, hasher: Any, size: int | None) -> None:
         self.fp = fp
@@ -176,7 +176,7 @@ class _Stream:
 class _Context:
     """Per-file parsing state shared by nested datasets."""
 
-    __slots__ = ("uri", "threshold", "warnings", "pixel_rep", "s", "pixel", "bulk_suffix")
+    __slots__ = ("bulk_suffix", "pixel", "pixel_rep", "s", "threshold", "uri", "warnings")
 
     def __init__(self, uri: str, threshold: int, stream: _Stream) -> None:
         self.uri = uri
@@ -232,14 +232,13 @@ def read_header(
     if ts is None and "00020010" in ds:
         ctx.warnings.append("(0002,0010) TransferSyntaxUID is empty")
     header.transfer_syntax = ts
-    if not s.fill(pos, pos + 8):
-        if s.start + len(s.buf) <= pos:
-            if not ds:
-                raise InvalidDicomError(f"{uri}: no data elements")
-            s.drain()
-            header.warnings = ctx.warnings + ["the file holds file meta information but no dataset"]
-            header.partial = True
-            return header
+    if not s.fill(pos, pos + 8) and s.start + len(s.buf) <= pos:
+        if not ds:
+            raise InvalidDicomError(f"{uri}: no data elements")
+        s.drain()
+        header.warnings = [*ctx.warnings, "the file holds file meta information but no dataset"]
+        header.partial = True
+        return header
     guess = _guess_encoding(s.buf[pos - s.start : pos - s.start + 8])
     implicit, little = _encoding_for(ts, guess, ctx)
     if ts == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
@@ -416,7 +415,7 @@ def _parse_dataset(
                 continue
             raise _Malformed(f"unexpected item tag {_tag_str(tag)} at offset {pos}")
         reinterpreted = False
-        if group & 1 and vr in (None, "UN") and 0x1000 <= elem and creators:
+        if group & 1 and vr in (None, "UN") and elem >= 0x1000 and creators:
             creator = creators.get((group, elem >> 8))
             if creator is not None:
                 private_vr = _private_vr(tag, creator)

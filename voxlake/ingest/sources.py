@@ -48,7 +48,7 @@ def list_units(source: str) -> Iterator[Unit]:
         info = fs.info(path)
     except FileNotFoundError:
         raise SourceError(f"{source}: no such file or directory") from None
-    except Exception as exc:  # noqa: BLE001 - every backend has its own error types
+    except Exception as exc:
         raise SourceError(f"{source}: cannot list ({type(exc).__name__}: {exc})") from None
     yield Unit(uri, int(info.get("size") or 0), _mtime(info))
 
@@ -102,7 +102,7 @@ def _dicomdir_references(path: str) -> Iterator[Unit]:
     try:
         ds = pydicom.dcmread(path, force=True)
         records = ds.get("DirectoryRecordSequence", [])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SourceError(f"{path}: not a readable DICOMDIR ({exc})") from None
     base = os.path.dirname(path)
     seen: set[str] = set()

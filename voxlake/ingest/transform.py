@@ -88,7 +88,7 @@ def index_units(units: Iterable[Unit], options: TransformOptions) -> IndexedBatc
                     if outcome == "skipped":
                         skipped = 1
                         status = "skipped"
-        except Exception as exc:  # noqa: BLE001 - one unit never aborts a run
+        except Exception as exc:
             rows.errors.append(_error_row(unit.uri, unit, exc, options, now))
         n_inst = len(rows.instances) - before[0]
         n_err = len(rows.errors) - before[1]
@@ -116,7 +116,7 @@ def index_units(units: Iterable[Unit], options: TransformOptions) -> IndexedBatc
 
 def _open(uri: str) -> BinaryIO:
     if storage.is_local(uri):
-        return open(uri, "rb", buffering=0)  # noqa: SIM115 - the parser buffers itself
+        return open(uri, "rb", buffering=0)
     import fsspec
 
     return fsspec.open(uri, "rb", **_fsspec_kwargs(uri)).open()
@@ -193,7 +193,7 @@ def _index_archive(
                 continue
             try:
                 data = zf.read(info)
-            except Exception as exc:  # noqa: BLE001 - corrupt member, bad CRC, unsupported method
+            except Exception as exc:
                 rows.errors.append(_error_row(uri, unit, exc, options, now, size=info.file_size))
                 continue
             member = io.BytesIO(data)

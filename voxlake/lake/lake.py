@@ -6,7 +6,6 @@ from typing import Any
 
 from voxlake.errors import LakeNotFoundError
 from voxlake.lake import storage
-from voxlake.lake.schema import TABLES
 
 
 class Lake:
@@ -30,6 +29,8 @@ class Lake:
         """True when the lake's tables exist."""
         from deltalake import DeltaTable
 
+        from voxlake.lake.schema import TABLES
+
         opts = storage.delta_storage_options(self.uri)
         return all(
             DeltaTable.is_deltatable(storage.join(self.uri, name), storage_options=opts)
@@ -40,12 +41,14 @@ class Lake:
         """The current Delta version of each table."""
         from deltalake import DeltaTable
 
+        from voxlake.lake.schema import TABLES
+
         opts = storage.delta_storage_options(self.uri)
         out = {}
         for name in TABLES:
             try:
                 out[name] = DeltaTable(storage.join(self.uri, name), storage_options=opts).version()
-            except Exception as exc:  # noqa: BLE001 - delta-rs raises TableNotFoundError and others
+            except Exception as exc:
                 raise LakeNotFoundError(
                     f"{self.uri}: no voxlake lake here (table {name} is missing); "
                     f"run 'voxlake ingest SOURCE --lake {self.uri}' first"
@@ -88,16 +91,31 @@ class Lake:
     def sql(self, query: str) -> Any:
         """Run SQL in DuckDB over the current table versions; returns a ``Result`` with
         ``.arrow()``, ``.df()`` and ``.fetchall()``."""
-        from voxlake.lake.sql import Result
+        from voxlake.lake.sql import run_query
 
-        con = self.connect()
-        return Result(con.sql(query), con)
+        return run_query(self.connect(), query)
 
     def register_spark(self, spark: Any) -> list[str]:
         """Register the lake's tables and views in a SparkSession; returns their names."""
         from voxlake.lake.spark import register
 
         return register(self, spark)
+
+    def vacuum(self, *, retention_hours: int = 168, dry_run: bool = True) -> dict[str, list[str]]:
+        """Delete files no table version needs any more, older than ``retention_hours``: those of
+        replaced versions and those staged by runs that never committed. Dry run by default."""
+        from deltalake import DeltaTable
+
+        from voxlake.lake.schema import TABLES
+
+        opts = storage.delta_storage_options(self.uri)
+        self.versions()  # raises LakeNotFoundError with a clear message
+        return {
+            name: DeltaTable(storage.join(self.uri, name), storage_options=opts).vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False
+            )
+            for name in TABLES
+        }
 
     def close(self) -> None:
         if self._con is not None:

@@ -219,9 +219,8 @@ def promoted_values(dataset: dict[str, Any], warnings: list[str]) -> dict[str, A
             value = first if isinstance(first, int) else None
         elif kind == "float":
             value = float(first) if isinstance(first, (int, float)) else None
-        elif kind == "floats":
-            if all(isinstance(v, (int, float)) for v in values):
-                value = [float(v) for v in values]
+        elif kind == "floats" and all(isinstance(v, (int, float)) for v in values):
+            value = [float(v) for v in values]
         out[name] = value
     return out
 

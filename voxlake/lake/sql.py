@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from voxlake.dicom.vr import tag_for_keyword
-from voxlake.errors import InvalidArgumentError
+from voxlake.errors import InvalidArgumentError, QueryError
 from voxlake.lake import schema, storage
 from voxlake.lake.views import view_definitions
 
@@ -116,6 +116,25 @@ def connect(lake_uri: str) -> Any:
     return con
 
 
+_NOISE = re.compile(r"^.*?Python exception occurred while executing the UDF: \w+: ")
+
+
+def query_error(exc: Exception) -> QueryError:
+    """A one-line :class:`QueryError` from a DuckDB error, with UDF wrapping removed."""
+    text = str(exc).strip()
+    cleaned = _NOISE.sub("", text)
+    return QueryError(cleaned.splitlines()[0] if cleaned else type(exc).__name__)
+
+
+def run_query(con: Any, query: str) -> Result:
+    import duckdb
+
+    try:
+        return Result(con.sql(query), con)
+    except duckdb.Error as exc:
+        raise query_error(exc) from exc
+
+
 class Result:
     """The result of :meth:`Lake.sql`: ``.arrow()``, ``.df()``, ``.fetchall()``, ``.columns``."""
 
@@ -130,14 +149,26 @@ class Result:
     def arrow(self) -> pa.Table:
         if self._relation is None:
             return pa.table({})
-        out = self._relation.arrow()
-        return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+        import duckdb
+
+        try:
+            out = self._relation.arrow()
+            return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+        except duckdb.Error as exc:
+            raise query_error(exc) from exc
 
     def df(self) -> Any:
         return self.arrow().to_pandas()
 
     def fetchall(self) -> list[tuple[Any, ...]]:
-        return [] if self._relation is None else self._relation.fetchall()
+        import duckdb
+
+        if self._relation is None:
+            return []
+        try:
+            return self._relation.fetchall()
+        except duckdb.Error as exc:
+            raise query_error(exc) from exc
 
     def __repr__(self) -> str:
         return repr(self._relation)

@@ -7,7 +7,7 @@ then stage each resulting table as one Parquet file in the lake. The driver comm
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from voxlake.errors import InvalidArgumentError
 from voxlake.ingest.sources import Unit
@@ -15,7 +15,7 @@ from voxlake.ingest.transform import TransformOptions, index_units
 from voxlake.lake.commit import DATA_TABLES, StagedFile, stage
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     LOCAL = "local"
     SPARK = "spark"
 

@@ -1,0 +1,34 @@
+"""Shared fixtures. Real data comes from ../shared/data beside the repository, never copied in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CT_SERIES = SHARED_DATA / "pancreatic-ct-cbct-seg_pyvista" / "series"
+PYDICOM_FILES = SHARED_DATA / "pydicom" / "test_files"
+
+
+def need(path: Path) -> Path:
+    """Skip the test, with the reason, when a piece of ../shared/data is absent."""
+    if not path.exists():
+        pytest.skip(f"test data not found: {path} (../shared/data is not beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def ct_series() -> Path:
+    return need(CT_SERIES)
+
+
+@pytest.fixture(scope="session")
+def pydicom_files() -> Path:
+    return need(PYDICOM_FILES)
