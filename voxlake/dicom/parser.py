@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import math
+import threading
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,6 +25,7 @@ from typing import Any, BinaryIO
 
 from voxlake.dicom.vr import (
     ALL_VRS,
+    ASCII_VRS,
     BINARY_VRS,
     CHARSET_VRS,
     ITEM,
@@ -90,6 +92,17 @@ class _Truncated(Exception):
     pass
 
 
+_local = threading.local()
+
+
+def _scratch() -> memoryview:
+    """A reusable read buffer per thread, so skipping pixel data allocates nothing."""
+    view = getattr(_local, "scratch", None)
+    if view is None:
+        view = _local.scratch = memoryview(bytearray(_SKIP_CHUNK))
+    return view
+
+
 class _Stream:
     """A forward-only window over a file, with absolute offsets, feeding an optional hasher."""
 
@@ -140,15 +153,22 @@ class _Stream:
             self.fp.seek(pos)
             return True
         remaining = pos - have
+        readinto = getattr(self.fp, "readinto", None)
+        scratch = _scratch() if readinto is not None else None
         while remaining > 0:
-            data = self.fp.read(min(remaining, _SKIP_CHUNK))
-            if not data:
+            if scratch is not None:
+                n = readinto(scratch[: min(remaining, _SKIP_CHUNK)])
+                data = scratch[:n]
+            else:
+                data = self.fp.read(min(remaining, _SKIP_CHUNK))
+                n = len(data)
+            if not n:
                 self.eof = True
                 self.start = pos - remaining
                 return False
             if self.hasher is not None:
                 self.hasher.update(data)
-            remaining -= len(data)
+            remaining -= n
         self.start = pos
         return True
 
@@ -156,12 +176,11 @@ class _Stream:
         """Read to the end so the hasher has seen the whole file."""
         if self.hasher is None or self.eof:
             return
-        buf = bytearray(_SKIP_CHUNK)
-        view = memoryview(buf)
+        view = _scratch()
         readinto = getattr(self.fp, "readinto", None)
         while True:
             if readinto is not None:
-                n = readinto(buf)
+                n = readinto(view)
                 if not n:
                     break
                 self.hasher.update(view[:n])
@@ -273,6 +292,24 @@ class _Malformed(Exception):
     pass
 
 
+#: Implicit VR lookups with unambiguous dictionary VRs, the common case, without a function call.
+_IMPLICIT_VR: dict[int, str] = {}
+
+
+def _init_implicit_vr() -> None:
+    from voxlake.dicom.vr import _VRS
+
+    _IMPLICIT_VR.update({t: v for t, v in _VRS.items() if len(v) == 2 and v != "UN" and v in ALL_VRS})
+
+
+_init_implicit_vr()
+
+_STRUCTS: dict[tuple[bool, int, str], Struct] = {}
+
+#: Text VRs whose single value is a stripped string (or a number for IS/DS), the fast path.
+_PLAIN_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "SH", "LO", "UC", "IS", "DS"})
+
+
 def _guess_encoding(b: bytes) -> tuple[bool, bool] | None:
     """Guess (implicit, little) from the first element of a dataset; None if it is not one."""
     if len(b) < 8:
@@ -371,15 +408,22 @@ def _parse_dataset(
     threshold = ctx.threshold
     little = fmt is _LE
     creators: dict[tuple[int, int], str] = {}
+    b = s.buf
+    bstart = s.start
+    bend = bstart + len(b)
     while end is None or pos < end:
-        if not s.fill(pos, pos + 8):
-            if top and s.start + len(s.buf) == pos:
-                return pos
-            if top and s.start + len(s.buf) > pos and not any(s.buf[pos - s.start :]):
-                return pos  # trailing zero padding
-            raise _Truncated(f"element header at offset {pos} is cut off")
-        b = s.buf
-        off = pos - s.start
+        if pos + 12 > bend:
+            s.fill(pos, pos + 12)
+            b = s.buf
+            bstart = s.start
+            bend = bstart + len(b)
+            if pos + 8 > bend:
+                if top and bend == pos:
+                    return pos
+                if top and bend > pos and not any(b[pos - bstart :]):
+                    return pos  # trailing zero padding
+                raise _Truncated(f"element header at offset {pos} is cut off")
+        off = pos - bstart
         if meta_only and b[off] | b[off + 1] << 8 != 2:
             return pos
         if implicit:
@@ -398,9 +442,9 @@ def _parse_dataset(
                     )
                 hdr = 8
             elif vr in LONG_VRS:
-                if not s.fill(pos, pos + 12):
+                if pos + 12 > bend:
                     raise _Truncated(f"element header at offset {pos} is cut off")
-                length = u32.unpack_from(s.buf, off + 8)[0]
+                length = u32.unpack_from(b, off + 8)[0]
                 hdr = 12
             else:
                 length = u16.unpack_from(b, off + 6)[0]
@@ -423,7 +467,7 @@ def _parse_dataset(
                     vr = private_vr
                     reinterpreted = True
         if vr is None:
-            vr = _resolve_vr(tag, length, ctx)
+            vr = _IMPLICIT_VR.get(tag) or _resolve_vr(tag, length, ctx)
         elif vr == "UN" and not group & 1:
             known = dictionary_vr(tag)
             if known != "UN" and " or " not in known:
@@ -436,9 +480,15 @@ def _parse_dataset(
         if vr == "SQ":
             seq_implicit, seq_fmt = (True, _LE) if reinterpreted else (implicit, fmt)
             pos = _element_sequence(ds, ctx, tag, pos, hdr, length, seq_implicit, seq_fmt, encodings, depth)
+            b = s.buf
+            bstart = s.start
+            bend = bstart + len(b)
             continue
         if vr == "UN" and length == UNDEFINED_LENGTH:
             pos = _element_sequence(ds, ctx, tag, pos, hdr, length, True, _LE, encodings, depth)
+            b = s.buf
+            bstart = s.start
+            bend = bstart + len(b)
             continue
         if length == UNDEFINED_LENGTH:
             # Encapsulated pixel data (PS3.5 A.4): fragments in items until a sequence delimiter.
@@ -448,6 +498,9 @@ def _parse_dataset(
             if depth == 0 and tag in PIXEL_TAGS:
                 ctx.pixel = (vpos, length)
             pos = vend
+            b = s.buf
+            bstart = s.start
+            bend = bstart + len(b)
             continue
         vend = vpos + length
         if length & 1 and vr not in ("UN", "OB"):
@@ -461,13 +514,33 @@ def _parse_dataset(
             if not s.skip_to(vend):
                 raise _Truncated(f"{_tag_str(tag)} declares {length} bytes at offset {vpos} but the file ends first")
             pos = vend
+            b = s.buf
+            bstart = s.start
+            bend = bstart + len(b)
             continue
-        if not s.fill(pos, vend):
-            raise _Truncated(f"{_tag_str(tag)} declares {length} bytes at offset {vpos} but the file ends first")
-        off = vpos - s.start
-        raw = s.buf[off : off + length]
+        if vend > bend:
+            ok = s.fill(pos, vend)
+            b = s.buf
+            bstart = s.start
+            bend = bstart + len(b)
+            if not ok:
+                raise _Truncated(f"{_tag_str(tag)} declares {length} bytes at offset {vpos} but the file ends first")
+        off = vpos - bstart
         elem_json: dict[str, Any] = {"vr": vr}
         if length:
+            raw = b[off : off + length]
+            if vr in _PLAIN_TEXT and (encodings is None or vr in ASCII_VRS) and not group & 1 and tag != 0x00080005:
+                text = raw.decode("latin-1")
+                if "\\" not in text:
+                    text = text.strip(" \x00")
+                    if text:
+                        if vr == "IS" or vr == "DS":
+                            elem_json["Value"] = [_number(text, int if vr == "IS" else float, vr, tag, ctx)]
+                        else:
+                            elem_json["Value"] = [text]
+                    ds[key] = elem_json
+                    pos = vend
+                    continue
             value = _decode(vr, raw, tag, ctx, encodings, little)
             if value is not None:
                 if vr in BINARY_VRS:
@@ -628,7 +701,11 @@ def _decode(
         n = len(raw) // size
         if len(raw) % size:
             ctx.warnings.append(f"{_tag_str(tag)} {vr} length {len(raw)} is not a multiple of {size}")
-        values = list(Struct(("<" if little else ">") + str(n) + code).unpack_from(raw, 0))
+        key = (little, n, code)
+        st = _STRUCTS.get(key)
+        if st is None:
+            st = _STRUCTS[key] = Struct(("<" if little else ">") + str(n) + code)
+        values = list(st.unpack_from(raw, 0))
         if code in "fd":
             for i, v in enumerate(values):
                 if not math.isfinite(v):

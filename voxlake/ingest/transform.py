@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import zipfile
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+import orjson
 import pyarrow as pa
 
 from voxlake.dicom.parser import DEFAULT_BULK_THRESHOLD, read_header
@@ -25,7 +25,9 @@ from voxlake.ingest.sources import Unit, member_uri
 from voxlake.lake import schema, storage
 
 _ZIP_MAGIC = b"PK\x03\x04"
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def _json_dumps(value: Any) -> str:
+    """DICOM JSON text. orjson: 5-10x faster than the standard library on headers."""
+    return orjson.dumps(value).decode()
 #: A zip member bigger than this is not read into memory (it would be for no gain: members are
 #: read whole because zip offers no seek into deflated data).
 MAX_MEMBER_BYTES = 2 << 30
@@ -157,7 +159,7 @@ def _index_file(
     row["pixel_data_offset"] = header.pixel_data_offset
     row["pixel_data_length"] = header.pixel_data_length
     row["has_pixels"] = header.has_pixels
-    row["meta"] = _JSON.encode(header.dataset)
+    row["meta"] = _json_dumps(header.dataset)
     row["is_partial"] = header.partial
     row["parse_warnings"] = warnings or None
     row["source"] = options.source
