@@ -83,3 +83,24 @@ def test_a_run_that_dies_between_table_commits_stays_invisible_and_is_redone(tmp
     summary = lake.ingest(str(src), workers=0)
     assert summary.indexed == 134
     assert lake.sql("SELECT count(*), count(DISTINCT uri) FROM instances_history").fetchall() == [(134, 134)]
+
+
+def test_vacuum_removes_files_staged_by_a_run_that_never_committed(tmp_path, ct_series, monkeypatch):
+    src = tmp_path / "src"
+    _copies(ct_series, src, ["a"])
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(src / "a" / "1-001.dcm"), workers=0)
+
+    def die(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed before the commit")
+
+    monkeypatch.setattr("deltalake.DeltaTable.create_write_transaction", die)
+    with pytest.raises(KeyboardInterrupt):
+        lake.ingest(str(src), workers=0)
+    monkeypatch.undo()
+    orphans = lake.vacuum(retention_hours=0)  # dry run: lists, deletes nothing
+    assert len(orphans["instances"]) >= 1
+    assert all((tmp_path / "lake" / "instances" / Path(p).name).exists() for p in orphans["instances"])
+    lake.vacuum(retention_hours=0, dry_run=False)
+    assert not any((tmp_path / "lake" / "instances" / Path(p).name).exists() for p in orphans["instances"])
+    assert lake.sql("SELECT count(*) FROM instances").fetchall() == [(1,)]

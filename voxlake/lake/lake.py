@@ -112,7 +112,7 @@ class Lake:
         self.versions()  # raises LakeNotFoundError with a clear message
         return {
             name: DeltaTable(storage.join(self.uri, name), storage_options=opts).vacuum(
-                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
             )
             for name in TABLES
         }
