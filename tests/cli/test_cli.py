@@ -72,9 +72,9 @@ def test_importing_voxlake_loads_no_heavy_dependency():
 
 
 def test_public_api_is_declared():
-    import voxlake
-
     import types
+
+    import voxlake
 
     public = {
         n

@@ -32,10 +32,16 @@ class Lake:
         from voxlake.lake.schema import TABLES
 
         opts = storage.delta_storage_options(self.uri)
-        return all(
-            DeltaTable.is_deltatable(storage.join(self.uri, name), storage_options=opts)
-            for name in TABLES
-        )
+        try:
+            return all(
+                DeltaTable.is_deltatable(storage.join(self.uri, name), storage_options=opts)
+                for name in TABLES
+            )
+        except OSError as exc:
+            # An object store without the bucket answers 404 to the listing: no lake there.
+            if not storage.is_local(self.uri) and "404" in str(exc):
+                return False
+            raise
 
     def versions(self) -> dict[str, int]:
         """The current Delta version of each table."""

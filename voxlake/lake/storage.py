@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 _REMOTE_PREFIXES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "memory://")
+#: Environment variables that configure object stores (credentials, endpoints, regions).
+_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 
 
 def is_local(uri: str) -> bool:
@@ -69,6 +71,19 @@ def delta_storage_options(uri: str) -> dict[str, str]:
         ):
             opts["AWS_S3_ALLOW_UNSAFE_RENAME"] = "true"
     return opts
+
+
+def environment() -> dict[str, str]:
+    """This process's object-store variables, for worker processes: a forkserver's children get
+    the environment the forkserver started with, not the one the driver has now."""
+    return {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES)}
+
+
+def apply_environment(env: dict[str, str]) -> None:
+    """Make this process's object-store variables exactly ``env`` (a worker's initializer)."""
+    for key in [k for k in os.environ if k.startswith(_ENV_PREFIXES) and k not in env]:
+        del os.environ[key]
+    os.environ.update(env)
 
 
 def _require(module: str, extra: str) -> None:

@@ -10,6 +10,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_
 from voxlake.ingest.engines import ChunkResult, chunked, index_and_stage
 from voxlake.ingest.sources import Unit
 from voxlake.ingest.transform import TransformOptions
+from voxlake.lake import storage
 
 
 def default_workers() -> int:
@@ -38,7 +39,13 @@ def run_local(
     # forkserver: forking a process that holds DuckDB or delta-rs threads is unsafe.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["voxlake.ingest.engines"])
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # Workers get the driver's object-store credentials as they are now (see storage.environment).
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=storage.apply_environment,
+        initargs=(storage.environment(),),
+    ) as pool:
         pending: set[Future[ChunkResult]] = set()
         queue = iter(chunks)
         # Bounded in-flight work keeps memory flat however large the source.
