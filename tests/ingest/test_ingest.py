@@ -234,3 +234,21 @@ def test_bad_files_never_abort_a_run(tmp_path, ct_series, pydicom_files):
     partial = lake.sql("SELECT uri, parse_warnings FROM instances WHERE is_partial ORDER BY uri").fetchall()
     assert [Path(u).name for u, _ in partial] == ["rtplan_truncated.dcm", "truncated.dcm"]
     assert all(w for _, w in partial)
+
+
+def test_a_file_that_cannot_be_read_is_an_error_and_retried_on_the_next_run(tmp_path, ct_series):
+    from voxlake.ingest.run import ingest_units
+    from voxlake.ingest.sources import list_units
+
+    src = tmp_path / "src"
+    [path, *_] = _copy_series(ct_series, src, 2)
+    units = list(list_units(str(src)))
+    moved = path.rename(tmp_path / "elsewhere.dcm")  # gone between listing and reading
+    lake = voxlake.open(str(tmp_path / "lake"))
+    first = ingest_units(lake, str(src), units, workers=0)
+    assert (first.indexed, first.errors) == (1, 1)
+    assert lake.sql("SELECT uri, error_class FROM ingest_errors").fetchall() == [(str(path), "FileNotFoundError")]
+    moved.rename(path)  # back, unchanged: same uri, size and mtime
+    second = lake.ingest(str(src), workers=0)
+    assert (second.indexed, second.errors, second.files_unchanged) == (1, 0, 1)
+    assert lake.sql("SELECT count(*) FROM instances").fetchall() == [(2,)]

@@ -45,8 +45,9 @@ def new_run_id() -> str:
 
 
 def committed_states(lake: Any) -> set[tuple[str, int, int]]:
-    """(uri, size, mtime µs) of every unit a committed run has read."""
-    rows = lake.sql("SELECT uri, size, epoch_us(mtime) FROM ingest_files").fetchall()
+    """(uri, size, mtime µs) of every unit a committed run has read, except those whose reading
+    failed (status ``retry``: I/O, network, credentials), which every run tries again."""
+    rows = lake.sql("SELECT uri, size, epoch_us(mtime) FROM ingest_files WHERE status <> 'retry'").fetchall()
     return {(u, s, m) for u, s, m in rows}
 
 

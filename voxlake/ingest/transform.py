@@ -91,10 +91,15 @@ def index_units(units: Iterable[Unit], options: TransformOptions) -> IndexedBatc
                         skipped = 1
                         status = "skipped"
         except Exception as exc:
+            # Reading the unit failed (I/O, network, credentials): drop what it yielded so far
+            # and mark it for retry, so the next run reads it whole again.
+            del rows.instances[before[0] :], rows.errors[before[1] :]
             rows.errors.append(_error_row(unit.uri, unit, exc, options, now))
+            status = "retry"
+            skipped = 0
         n_inst = len(rows.instances) - before[0]
         n_err = len(rows.errors) - before[1]
-        if status != "archive":
+        if status not in ("archive", "retry"):
             status = "error" if n_err else ("skipped" if skipped else "indexed")
         rows.files.append(
             {

@@ -116,7 +116,7 @@ INGEST_FILES = pa.schema(
         ("uri", pa.string()),
         ("size", pa.int64()),
         ("mtime", pa.timestamp("us", tz=UTC)),
-        ("status", pa.string()),  # indexed | skipped | error | archive
+        ("status", pa.string()),  # indexed | skipped | error | archive | retry (reading failed)
         ("instances", pa.int64()),
         ("errors", pa.int64()),
         ("skipped", pa.int64()),
