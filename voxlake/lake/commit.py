@@ -71,24 +71,59 @@ def stage(table_name: str, data: pa.Table, lake_uri: str, run_id: str) -> Staged
 
 
 def _stats(data: pa.Table) -> str:
-    """Delta add-action statistics, so readers can skip files (PROTOCOL.md, Per-file Statistics)."""
+    """Delta add-action statistics (PROTOCOL.md, Per-file Statistics) so readers can skip files.
+
+    Every primitive column among the first 32 (Delta's default ``dataSkippingNumIndexedCols``)
+    gets min, max and null count: some readers (delta-rs's pyarrow dataset) treat a column missing
+    from the stats as all-null and would drop the file from filtered scans. Long strings are cut
+    to a 32-character prefix; the max then gets U+10FFFF appended so it stays an upper bound.
+    """
     import pyarrow.compute as pc
 
     mins: dict[str, Any] = {}
     maxs: dict[str, Any] = {}
     nulls: dict[str, int] = {}
-    for name in _STATS_COLUMNS:
-        if name not in data.column_names:
+    for i, field in enumerate(data.schema):
+        if i >= _INDEXED_COLUMNS and field.name not in _STATS_COLUMNS:
             continue
-        col = data.column(name)
-        nulls[name] = col.null_count
+        if pa.types.is_nested(field.type):
+            continue
+        col = data.column(field.name)
+        nulls[field.name] = col.null_count
+        if col.null_count == len(col) or pa.types.is_boolean(field.type):
+            continue
         mm = pc.min_max(col).as_py()
-        if mm["min"] is not None:
-            mins[name] = str(mm["min"])
-            maxs[name] = str(mm["max"])
+        lo, hi = mm["min"], mm["max"]
+        if pa.types.is_timestamp(field.type):
+            lo = _iso_ms(lo, up=False)
+            hi = _iso_ms(hi, up=True)
+        elif pa.types.is_date(field.type):
+            lo, hi = lo.isoformat(), hi.isoformat()
+        elif isinstance(lo, str):
+            lo = lo[:_STRING_PREFIX]
+            if len(hi) > _STRING_PREFIX:
+                hi = hi[:_STRING_PREFIX] + "\U0010ffff"
+        mins[field.name] = lo
+        maxs[field.name] = hi
     return json.dumps(
-        {"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
+        {"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
+        ensure_ascii=False,
     )
+
+
+_INDEXED_COLUMNS = 32
+_STRING_PREFIX = 32
+
+
+def _iso_ms(value: Any, *, up: bool) -> str:
+    """A timestamp in Delta's stats format, at millisecond precision, rounded outwards."""
+    import datetime as dt
+
+    us = value.microsecond % 1000
+    value = value - dt.timedelta(microseconds=us)
+    if up and us:
+        value += dt.timedelta(milliseconds=1)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def ensure_tables(lake_uri: str) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 def _modalities(dialect: str) -> str:
     if dialect == "spark":
-        return "concat_ws('\\\\', array_sort(collect_set(Modality)))"
+        # concat_ws of no values is '' where string_agg gives NULL; keep DuckDB's NULL.
+        return "CASE WHEN count(Modality) > 0 THEN concat_ws('\\\\', array_sort(collect_set(Modality))) END"
     return "string_agg(DISTINCT Modality, '\\' ORDER BY Modality)"
 
 

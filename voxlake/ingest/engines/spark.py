@@ -1,7 +1,8 @@
 """The Spark engine: the same chunks as the local engine, run as tasks of a Spark job.
 
-Each chunk of units becomes one partition of a DataFrame; a ``mapInArrow`` task calls :func:`~voxlake.ingest.engines.index_and_stage` on it and returns the staged files, and
-the driver commits them exactly as after a local run. Tasks only stage files that no table version
+Each chunk of units becomes one partition of a DataFrame; a ``mapInArrow`` task calls
+:func:`~voxlake.ingest.engines.index_and_stage` on it and returns the staged files, which the
+driver commits exactly as after a local run. Tasks only stage files that no table version
 references yet, so a retried or speculative task costs a few orphan files (``Lake.vacuum`` removes
 them), never a duplicate row. Executors read the units and write the lake themselves: both must be
 reachable from every executor, and voxlake must be importable in their Python.
@@ -36,7 +37,9 @@ def _require_pyspark() -> None:
     try:
         import pyspark  # noqa: F401
     except ImportError as exc:
-        raise MissingExtraError(f"the spark engine needs PySpark ({exc}): pip install 'voxlake[spark]'") from None
+        raise MissingExtraError(
+            f"the spark engine needs PySpark ({exc}): pip install 'voxlake[spark]'"
+        ) from None
 
 
 def spark_session(master: str | None = None) -> SparkSession:
