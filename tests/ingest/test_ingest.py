@@ -252,3 +252,15 @@ def test_a_file_that_cannot_be_read_is_an_error_and_retried_on_the_next_run(tmp_
     second = lake.ingest(str(src), workers=0)
     assert (second.indexed, second.errors, second.files_unchanged) == (1, 0, 1)
     assert lake.sql("SELECT count(*) FROM instances").fetchall() == [(2,)]
+
+
+def test_symlinked_folders_are_followed_once_even_in_a_loop(tmp_path, ct_series):
+    real = tmp_path / "real"
+    _copy_series(ct_series, real, 3)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "linked").symlink_to(real, target_is_directory=True)
+    (real / "loop").symlink_to(src, target_is_directory=True)  # src -> real -> src ...
+    lake = voxlake.open(str(tmp_path / "lake"))
+    summary = lake.ingest(str(src), workers=0)
+    assert (summary.files_seen, summary.indexed) == (3, 3)

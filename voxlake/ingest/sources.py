@@ -73,9 +73,15 @@ def _list_local(path: str) -> Iterator[Unit]:
 
 
 def _walk(root: str) -> Iterator[Unit]:
+    """Depth-first, in name order; symbolic links to folders are followed, each real folder once."""
     stack = [root]
+    seen: set[str] = set()
     while stack:
         folder = stack.pop()
+        real = os.path.realpath(folder)
+        if real in seen:
+            continue
+        seen.add(real)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -85,7 +91,7 @@ def _walk(root: str) -> Iterator[Unit]:
             if entry.name.startswith("."):
                 continue
             try:
-                if entry.is_dir(follow_symlinks=False):
+                if entry.is_dir():
                     subfolders.append(entry.path)
                 elif entry.is_file():
                     st = entry.stat()
