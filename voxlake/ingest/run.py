@@ -45,10 +45,22 @@ def new_run_id() -> str:
 
 
 def committed_states(lake: Any) -> set[tuple[str, int, int]]:
-    """(uri, size, mtime µs) of every unit a committed run has read, except those whose reading
-    failed (status ``retry``: I/O, network, credentials), which every run tries again."""
-    rows = lake.sql("SELECT uri, size, epoch_us(mtime) FROM ingest_files WHERE status <> 'retry'").fetchall()
-    return {(u, s, m) for u, s, m in rows}
+    """(uri, size, mtime µs) of every unit a committed run of ``lake`` (a Lake or its URI) has
+    read, except those whose reading failed (status ``retry``: I/O, network, credentials), which
+    every run tries again."""
+    import pyarrow.compute as pc
+
+    from voxlake.lake.tables import read_columns
+
+    lake_uri = lake if isinstance(lake, str) else lake.uri
+    files = read_columns(lake_uri, "ingest_files", ["uri", "size", "mtime", "status", "run_id"])
+    if files.num_rows == 0:
+        return set()
+    runs = read_columns(lake_uri, "ingest_runs", ["run_id"]).column("run_id")
+    keep = pc.and_(pc.is_in(files.column("run_id"), value_set=runs), pc.not_equal(files.column("status"), "retry"))
+    files = files.filter(keep)
+    mtimes = pc.cast(files.column("mtime"), "int64").to_pylist()
+    return set(zip(files.column("uri").to_pylist(), files.column("size").to_pylist(), mtimes, strict=True))
 
 
 def ingest_units(
@@ -69,25 +81,30 @@ def ingest_units(
     engine = Engine.parse(engine)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    ensure_tables(lake.uri)
-    done = committed_states(lake)
-    todo = [u for u in units if (u.uri, u.size, u.mtime) not in done]
     run_id = new_run_id()
     options = TransformOptions(
         source=storage.normalize(source), run_id=run_id, bulk_threshold=bulk_threshold, sha256=sha256
     )
-    if on_start:
-        on_start(len(todo))
     if engine is Engine.SPARK:
+        ensure_tables(lake.uri)
+        todo = _new_units(lake.uri, units)
+        if on_start:
+            on_start(len(todo))
         from voxlake.ingest.engines.spark import run_spark
 
         results = run_spark(todo, options, lake.uri, master=spark_master, progress=on_chunk)
         n_workers = workers or 0
     else:
-        from voxlake.ingest.engines.local import default_workers, run_local
+        from voxlake.ingest.engines.local import LocalEngine
 
-        n_workers = default_workers() if workers is None else workers
-        results = run_local(todo, options, lake.uri, workers=n_workers, progress=on_chunk)
+        # The workers start while the driver creates tables and compares the source with the lake.
+        with LocalEngine(workers) as local:
+            ensure_tables(lake.uri)
+            todo = _new_units(lake.uri, units)
+            if on_start:
+                on_start(len(todo))
+            results = local.run(todo, options, lake.uri, progress=on_chunk)
+        n_workers = local.workers
     counts = {"indexed": 0, "skipped": 0, "errors": 0, "partial": 0, "bytes": 0}
     staged = []
     for r in results:
@@ -124,6 +141,11 @@ def ingest_units(
         committed=committed,
         **counts,
     )
+
+
+def _new_units(lake_uri: str, units: list[Unit]) -> list[Unit]:
+    done = committed_states(lake_uri)
+    return [u for u in units if (u.uri, u.size, u.mtime) not in done]
 
 
 def ingest(lake: Any, source: str, **kwargs: Any) -> IngestSummary:

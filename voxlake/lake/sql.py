@@ -18,6 +18,7 @@ import pyarrow as pa
 from voxlake.dicom.vr import tag_for_keyword
 from voxlake.errors import InvalidArgumentError, QueryError
 from voxlake.lake import schema, storage
+from voxlake.lake.tables import dataset
 from voxlake.lake.views import view_definitions
 
 _STEP = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*|\(?[0-9A-Fa-f]{4},?[0-9A-Fa-f]{4}\)?)\s*(?:\[(\d+)\])?\s*$")
@@ -108,7 +109,7 @@ def connect(lake_uri: str) -> Any:
             listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
             con.execute(f"CREATE VIEW {raw} AS SELECT * FROM read_parquet([{listing}])")
         else:
-            con.register(raw, _remote_dataset(lake_uri, files, schema.TABLES[table]))
+            con.register(raw, dataset(lake_uri, files, schema.TABLES[table]))
     for name, select in view_definitions("duckdb"):
         con.execute(f"CREATE VIEW {name} AS {select}")
     for macro in _MACROS:
@@ -133,17 +134,6 @@ def run_query(con: Any, query: str) -> Result:
         return Result(con.sql(query), con)
     except duckdb.Error as exc:
         raise query_error(exc) from exc
-
-
-def _remote_dataset(lake_uri: str, files: list[str], table_schema: pa.Schema) -> Any:
-    """A pyarrow dataset over exactly the live files, read through fsspec. (delta-rs's own
-    ``to_pyarrow_dataset`` is avoided: its teardown aborts the interpreter at exit.)"""
-    import pyarrow.dataset as pds
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs = PyFileSystem(FSSpecHandler(storage.filesystem(lake_uri)))
-    paths = [f.split("://", 1)[1] if "://" in f else f for f in files]
-    return pds.dataset(paths, schema=table_schema, format="parquet", filesystem=fs)
 
 
 class Result:

@@ -50,5 +50,5 @@ def chunked(units: list[Unit], workers: int) -> list[list[Unit]]:
     """Chunks big enough to amortise a Parquet file, small enough to balance and show progress."""
     if not units:
         return []
-    size = max(16, min(512, -(-len(units) // (max(workers, 1) * 4))))
+    size = max(16, min(256, -(-len(units) // (max(workers, 1) * 8))))
     return [units[i : i + size] for i in range(0, len(units), size)]
