@@ -83,3 +83,26 @@ def test_public_api_is_declared():
     }
     assert public <= set(voxlake.__all__)
     assert all(hasattr(voxlake, n) for n in voxlake.__all__)
+
+
+def test_watch_prints_one_json_line_per_run_and_stops_cleanly_on_sigterm(tmp_path, ct_series):
+    import signal
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voxlake", "ingest", str(src), "--lake", str(tmp_path / "lake"),
+         "--watch", "--interval", "0.2", "--settle", "0.3", "--json", "--quiet", "--workers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(1.0)
+        shutil.copy2(sorted(ct_series.iterdir())[0], src / "a.dcm")
+        line = proc.stdout.readline()  # blocks until the first run reports
+        assert json.loads(line)["indexed"] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopping after the current run" in err

@@ -23,12 +23,13 @@ half would be committed as a partial instance). A unit is *ready* when all of th
 
 Each poll with ready units makes one run, :func:`~voxlake.ingest.run.ingest_units`: one atomic
 commit per batch. Memory stays bounded: between polls the watch keeps only the previous poll's
-map ``uri -> (size, mtime, first seen, known committed)``, not a history.
+map ``uri -> (size, mtime, first seen, next check, failed reads)``, not a history.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from voxlake.errors import InvalidArgumentError, LakeNotFoundError, MissingExtraError
+from voxlake.errors import InvalidArgumentError, MissingExtraError
 from voxlake.ingest.run import IngestSummary, committed_states, ingest_units
 from voxlake.ingest.sources import Unit, list_units
 
@@ -46,8 +47,16 @@ _ZIP_MAGIC = b"PK\x03\x04"
 #: The longest pause after failed runs (a lake that is unreachable for a while).
 _MAX_BACKOFF = 60.0
 
-#: uri -> (size, mtime µs, monotonic time this state was first seen, known committed)
-_State = tuple[int, int, float, bool]
+#: A unit whose reading failed in a run (status ``retry``) is tried again after this many seconds,
+#: doubling with each failure up to the maximum.
+_RETRY_AFTER = 30.0
+_MAX_RETRY_AFTER = 3600.0
+#: ``next_check`` of a unit known to be committed.
+_COMMITTED = math.inf
+
+#: uri -> (size, mtime µs, monotonic time this state was first seen, monotonic time before which
+#: the unit is not considered (0: now, inf: committed), failed reads of this state)
+_State = tuple[int, int, float, float, int]
 
 
 def watch(
@@ -75,16 +84,16 @@ def watch(
     where SIGINT still has Python's default handler) stops after the current run; a second Ctrl-C
     aborts that run, which then commits nothing. A poll whose listing or lake read fails (the
     source is briefly missing, the network drops) logs a warning and the watch goes on; a failed
-    run is retried at later polls, with a growing pause. The lake's tables are read through a
-    connection of the watch's own, so ``lake`` may be queried from another thread meanwhile.
+    run is retried at later polls, with a growing pause. The watch reads the lake's Delta tables
+    directly, never through ``lake``'s DuckDB connection, so ``lake`` may be queried from another
+    thread meanwhile.
     """
     _check(interval, settle, duration, partial_settle, ingest_options)
     ingest_options.setdefault("mode", "watch")
     stop = stop if stop is not None else threading.Event()
     deadline = None if duration is None else time.monotonic() + duration
     summaries: list[IngestSummary] = []
-    own = _private_lake(lake)
-    poller = _Poller(own, source, settle=settle, partial_settle=partial_settle)
+    poller = _Poller(lake, source, settle=settle, partial_settle=partial_settle)
     failures = 0
     try:
         with _stop_on_sigint(stop):
@@ -92,10 +101,10 @@ def watch(
                 started = time.monotonic()
                 ready = poller.poll()
                 if ready:
-                    summary = _run(own, source, ready, ingest_options)
+                    summary = _run(lake, source, ready, ingest_options)
                     failures = failures + 1 if summary is None else 0
                     if summary is not None:
-                        poller.mark_committed(ready)
+                        poller.after_run(ready, summary)
                     if summary is not None and summary.committed:
                         summaries.append(summary)
                         _log_run(source, summary)
@@ -111,9 +120,6 @@ def watch(
                 stop.wait(wait)
     except KeyboardInterrupt:
         log.warning("watch %s: interrupted; %d runs committed", source, len(summaries))
-    finally:
-        if own is not lake:
-            own.close()
     return summaries
 
 
@@ -134,13 +140,6 @@ def _check(
         from voxlake.ingest.engines import Engine
 
         Engine.parse(options["engine"])  # a wrong engine fails now, not at the first new file
-
-
-def _private_lake(lake: Any) -> Any:
-    """A Lake of the watch's own: DuckDB connections are not to be shared between threads."""
-    from voxlake.lake.lake import Lake
-
-    return Lake(lake.uri) if isinstance(lake, Lake) else lake
 
 
 def _log_run(source: str, s: IngestSummary) -> None:
@@ -201,43 +200,70 @@ class _Poller:
                 continue
             old = self.previous.get(unit.uri)
             if old is None or old[0] != unit.size or old[1] != unit.mtime:
-                current[unit.uri] = (unit.size, unit.mtime, now, False)
+                current[unit.uri] = (unit.size, unit.mtime, now, 0.0, 0)
                 continue
             current[unit.uri] = old
             quiet = max((now_us - unit.mtime) / 1e6, now - old[2])
-            if not old[3] and quiet >= self.settle:
+            if now >= old[3] and quiet >= self.settle:
                 candidates.append((unit, quiet))
         self.previous = current
         if not candidates:
             self._recovered()
             return []
-        try:
-            done = committed_states(self.lake)
-        except LakeNotFoundError:
-            done = set()  # no lake yet: the first run creates it
-        except Exception as exc:  # an unreachable lake is retried at the next poll
-            self._warn(f"cannot read the lake's ingest_files ({type(exc).__name__}: {exc}); retrying")
+        done = self._committed()
+        if done is None:
             return []
-        self._recovered()
         ready = []
         for unit, quiet in candidates:
             if (unit.uri, unit.size, unit.mtime) in done:
-                self._set_committed(unit)
+                self._update(unit, _COMMITTED)
             elif quiet >= self.partial_settle or _looks_whole(unit):
                 ready.append(unit)
             else:
                 log.debug("watch %s: %s looks cut short; waiting for the rest", self.source, unit.uri)
         return ready
 
-    def mark_committed(self, units: list[Unit]) -> None:
-        """After a run: its units are in ingest_files now, no need to ask the lake again."""
+    def after_run(self, units: list[Unit], summary: IngestSummary) -> None:
+        """Units a run has read are in ingest_files now: no need to ask the lake about them
+        again. Those whose reading failed (status ``retry``) are tried again later, each time
+        after a longer pause, rather than at every poll."""
+        if summary.errors == 0:
+            for unit in units:
+                self._update(unit, _COMMITTED)
+            return
+        done = self._committed()
+        if done is None:
+            return  # the lake cannot be read now: the next poll asks again
+        now = time.monotonic()
         for unit in units:
-            self._set_committed(unit)
+            if (unit.uri, unit.size, unit.mtime) in done:
+                self._update(unit, _COMMITTED)
+                continue
+            state = self.previous.get(unit.uri)
+            attempts = 0 if state is None else state[4]
+            self._update(unit, now + min(_RETRY_AFTER * 2**attempts, _MAX_RETRY_AFTER), attempts + 1)
 
-    def _set_committed(self, unit: Unit) -> None:
+    def _committed(self) -> set[tuple[str, int, int]] | None:
+        """The lake's committed (uri, size, mtime); None (after a warning) when it cannot be read."""
+        try:
+            done = committed_states(self.lake.uri)
+        except Exception as exc:
+            try:
+                missing = not self.lake.exists()
+            except Exception:
+                missing = False
+            if not missing:  # an unreachable lake is retried at the next poll
+                self._warn(f"cannot read the lake's ingest_files ({type(exc).__name__}: {exc}); retrying")
+                return None
+            done = set()  # no lake yet: the first run creates it
+        self._recovered()
+        return done
+
+    def _update(self, unit: Unit, next_check: float, attempts: int | None = None) -> None:
         state = self.previous.get(unit.uri)
         if state is not None and state[0] == unit.size and state[1] == unit.mtime:
-            self.previous[unit.uri] = (state[0], state[1], state[2], True)
+            tries = state[4] if attempts is None else attempts
+            self.previous[unit.uri] = (state[0], state[1], state[2], next_check, tries)
 
     def _warn(self, message: str) -> None:
         if message != self._failing:
@@ -284,23 +310,25 @@ def _looks_whole(unit: Unit) -> bool:
 
 @contextmanager
 def _stop_on_sigint(stop: threading.Event) -> Iterator[None]:
-    """While watching in the main thread, the first Ctrl-C sets ``stop`` (the current run ends
-    and commits); the second raises KeyboardInterrupt. Custom SIGINT handlers are left alone."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    """While watching in the main thread, the first Ctrl-C (or SIGTERM, as a service manager
+    sends) sets ``stop``: the current run ends and commits; a second Ctrl-C raises
+    KeyboardInterrupt. Handlers someone else installed are left alone."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
+        if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.warning("interrupted: stopping after the current run (Ctrl-C again to abort it)")
+        log.warning("%s: stopping after the current run", signal.Signals(signum).name)
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {
+        sig: signal.signal(sig, handler) for sig, default in defaults.items() if signal.getsignal(sig) is default
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from types import TracebackType
@@ -16,6 +17,13 @@ from voxlake.lake import storage
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _init_worker(env: dict[str, str]) -> None:
+    """Workers ignore Ctrl-C: the driver decides (a watch finishes its run, an ingest stops), and a
+    killed worker would break the whole pool. They take the driver's object-store environment."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    storage.apply_environment(env)
 
 
 def _ready() -> None:
@@ -43,7 +51,7 @@ class LocalEngine:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=ctx,
-                initializer=storage.apply_environment,
+                initializer=_init_worker,
                 initargs=(storage.environment(),),
             )
             for _ in range(self.workers):
