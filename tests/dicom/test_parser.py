@@ -140,7 +140,7 @@ def _write(ds: Dataset, path: Path) -> Path:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "1.2.3")
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "1.2.3.4")
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or "1.2.3.4"
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -219,3 +219,33 @@ def test_reading_from_memory_works_like_reading_a_file(ct_series):
     from_file = _read(path).dataset
     from_memory = read_header(io.BytesIO(path.read_bytes()), uri=str(path)).dataset
     assert from_file == from_memory
+
+
+def test_a_large_pixel_data_element_is_hashed_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    ds = _base()
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4096, 4096, 16, 16, 15
+    ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
+    ds.NumberOfFrames = 4
+    ds.PixelData = b"\x01\x02" * (4096 * 4096 * 4)  # 128 MiB
+    path = _write(ds, tmp_path / "big.dcm")
+    del ds
+    tracemalloc.start()
+    header = _read(path, hasher=hashlib.sha256())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert header.pixel_data_length == 128 << 20
+    assert peak < 4 << 20  # a few MiB of buffers, never the file
+
+
+def test_unknown_sop_class_and_empty_uids_are_read(tmp_path):
+    ds = _base()
+    ds.SOPClassUID = "1.2.3.4.5.6.7.999"  # no such storage class
+    ds.SOPInstanceUID = ""
+    ds.StudyInstanceUID = ""
+    path = _write(ds, tmp_path / "odd.dcm")
+    header = _read(path)
+    assert header.dataset["00080016"]["Value"] == ["1.2.3.4.5.6.7.999"]
+    assert "Value" not in header.dataset["00080018"]
+    assert not header.partial

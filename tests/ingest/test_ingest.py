@@ -264,3 +264,21 @@ def test_symlinked_folders_are_followed_once_even_in_a_loop(tmp_path, ct_series)
     lake = voxlake.open(str(tmp_path / "lake"))
     summary = lake.ingest(str(src), workers=0)
     assert (summary.files_seen, summary.indexed) == (3, 3)
+
+
+def test_instances_without_sop_instance_uid_are_indexed_with_a_warning(tmp_path, ct_series):
+    src = tmp_path / "src"
+    [path, *_] = _copy_series(ct_series, src, 1)
+    ds = pydicom.dcmread(path)
+    for i in range(2):
+        ds.SOPInstanceUID = ""
+        ds.InstanceNumber = 100 + i
+        ds.save_as(src / f"empty-uid-{i}.dcm")
+    lake = voxlake.open(str(tmp_path / "lake"))
+    summary = lake.ingest(str(src), workers=0)
+    assert summary.indexed == 3
+    rows = lake.sql(
+        "SELECT InstanceNumber, parse_warnings FROM instances WHERE SOPInstanceUID IS NULL ORDER BY 1"
+    ).fetchall()
+    assert [r[0] for r in rows] == [100, 101]  # both kept: rows without a UID are keyed by uri
+    assert all(any("SOPInstanceUID" in w for w in r[1]) for r in rows)
