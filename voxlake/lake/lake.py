@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from voxlake.errors import LakeNotFoundError
 from voxlake.lake import storage
+
+if TYPE_CHECKING:
+    from voxlake.ingest.engines import ChunkResult
+    from voxlake.ingest.run import IngestSummary
+    from voxlake.lake.sql import Result
 
 
 class Lake:
@@ -63,19 +69,44 @@ class Lake:
 
     # -- ingest ------------------------------------------------------------------------------
 
-    def ingest(self, source: str, **options: Any) -> Any:
+    def ingest(
+        self,
+        source: str,
+        *,
+        engine: str = "local",
+        workers: int | None = None,
+        spark_master: str | None = None,
+        bulk_threshold: int = 1024,
+        sha256: bool = True,
+        on_start: Callable[[int], None] | None = None,
+        on_chunk: Callable[[ChunkResult], None] | None = None,
+    ) -> IngestSummary:
         """Index ``source`` (folder, file, .zip, DICOMDIR or fsspec URL) into the lake.
 
-        Keyword options: ``engine`` ("local" or "spark"), ``workers``, ``spark_master``,
-        ``bulk_threshold``, ``sha256``, ``on_start``, ``on_chunk``. Returns an ``IngestSummary``.
-        Only new or changed files (by uri, size and mtime) are read; the run commits atomically.
+        Only new or changed files (by uri, size and mtime) are read, and the run commits
+        atomically. ``engine`` is "local" (a process pool of ``workers``, default all cores; 0
+        runs in this process) or "spark" (on ``spark_master``, default ``local[*]``). Binary
+        values over ``bulk_threshold`` bytes become BulkDataURIs. ``on_start(n_files)`` and
+        ``on_chunk(result)`` report progress.
         """
         from voxlake.ingest.run import ingest
 
-        return ingest(self, source, **options)
+        return ingest(
+            self,
+            source,
+            engine=engine,
+            workers=workers,
+            spark_master=spark_master,
+            bulk_threshold=bulk_threshold,
+            sha256=sha256,
+            on_start=on_start,
+            on_chunk=on_chunk,
+        )
 
-    def watch(self, source: str, **options: Any) -> Any:
-        """Ingest continuously: see :func:`voxlake.ingest.watch.watch`."""
+    def watch(self, source: str, **options: Any) -> list[IngestSummary]:
+        """Ingest continuously until stopped; see :func:`voxlake.ingest.watch.watch` for the
+        options (``interval``, ``settle``, ``stop``, ``duration``, ``on_run``, and those of
+        :meth:`ingest`)."""
         from voxlake.ingest.watch import watch
 
         return watch(self, source, **options)
@@ -94,7 +125,7 @@ class Lake:
             self._versions = versions
         return self._con
 
-    def sql(self, query: str) -> Any:
+    def sql(self, query: str) -> Result:
         """Run SQL in DuckDB over the current table versions; returns a ``Result`` with
         ``.arrow()``, ``.df()`` and ``.fetchall()``."""
         from voxlake.lake.sql import run_query
