@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-10)
 DEMO_LAKE ?= demo-lake
 
-.PHONY: install demo test lint bench java clean
+.PHONY: install demo test lint bench java dicom3tools clean
 
 install: $(STAMP)
 
@@ -22,13 +22,19 @@ java:
 		echo "installing a Java runtime for Spark"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends default-jre-headless; }
 
+# dciodvfy (DICOM IOD validation of generated objects, in the tests) comes with dicom3tools.
+dicom3tools:
+	@command -v dciodvfy >/dev/null 2>&1 || { \
+		echo "installing dicom3tools for dciodvfy"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dicom3tools; }
+
 demo: install
 	$(PY) -m voxlake.demo --lake $(DEMO_LAKE)
 
 lint: install
 	$(PY) -m ruff check voxlake tests bench
 
-test: install java lint
+test: install java dicom3tools lint
 	$(PY) -m pytest
 
 bench: install java
