@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--format", default="table", help="table (default), csv, json or parquet")
     q.add_argument("--output", "-o", default=None, help="write to FILE instead of standard output")
     q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    from voxlake.cli import synth
+
+    synth.add_parser(sub)
     return p
 
 
@@ -58,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ingest":
             return _ingest(args)
+        if args.command == "synth":
+            from voxlake.cli import synth
+
+            return synth.run(args)
         return _sql(args)
     except KeyboardInterrupt:
         print("voxlake: interrupted", file=sys.stderr)
