@@ -32,13 +32,14 @@ demo: install
 	$(PY) -m voxlake.demo --lake $(DEMO_LAKE)
 
 lint: install
-	$(PY) -m ruff check voxlake tests bench
+	$(PY) -m ruff check voxlake tests bench scripts
 
 test: install java dicom3tools lint
 	$(PY) -m pytest
 
 bench: install java
 	$(PY) bench/ingest_bench.py
+	$(PY) bench/synth_scale_bench.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_LAKE) bench/.work
+	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work

@@ -18,6 +18,8 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--patients", type=int, default=20)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--inject-phi", action="store_true", help="fake PHI everywhere, plus answer_key.{parquet,json}")
+    c.add_argument("--max-instances-per-series", type=int, default=60, help="cap on series sizes (default 60)")
+    c.add_argument("--matrix", type=int, default=256, help="rows and columns of CT/MR images (default 256)")
     _common(c)
 
     ph = kinds.add_parser("phantoms", help="CT torso phantoms with organ label maps (NIfTI and DICOM SEG)")
@@ -55,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     total = {"scale": getattr(args, "instances", None), "phantoms": getattr(args, "cases", None)}.get(args.kind)
+    if args.kind == "cohort":
+        from voxlake.synth.cohort import plan_cohort
+
+        total = plan_cohort(
+            patients=args.patients, seed=args.seed, transfer_syntaxes=None,
+            max_instances_per_series=args.max_instances_per_series,
+        ).instances
     unit = {"cohort": "files", "phantoms": "cases", "scale": "files"}[args.kind]
     bar = None if args.quiet else tqdm(total=total, unit=unit, desc=f"synth {args.kind}", file=sys.stderr)
 
@@ -86,7 +95,15 @@ def _generate(args: argparse.Namespace, progress: Any) -> Any:
             from voxlake.synth.phi import PhiInjector
 
             hook = PhiInjector(args.seed)
-        result = generate_cohort(out, patients=args.patients, seed=args.seed, hook=hook, progress=progress)
+        result = generate_cohort(
+            out,
+            patients=args.patients,
+            seed=args.seed,
+            hook=hook,
+            progress=progress,
+            max_instances_per_series=args.max_instances_per_series,
+            matrix=args.matrix,
+        )
         if hook is not None:
             hook.answer_key.write(out / "answer_key")
         return result
