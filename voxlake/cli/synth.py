@@ -65,16 +65,19 @@ def run(args: argparse.Namespace) -> int:
             max_instances_per_series=args.max_instances_per_series,
         ).instances
     unit = {"cohort": "files", "phantoms": "cases", "scale": "files"}[args.kind]
-    bar = None if args.quiet else tqdm(total=total, unit=unit, desc=f"synth {args.kind}", file=sys.stderr)
+    bars: list[Any] = []  # made at the first file, so bad options fail without a bar
 
     def progress(n: int) -> None:
-        if bar is not None:
-            bar.update(n)
+        if args.quiet:
+            return
+        if not bars:
+            bars.append(tqdm(total=total, unit=unit, desc=f"synth {args.kind}", file=sys.stderr))
+        bars[0].update(n)
 
     try:
         result = _generate(args, progress)
     finally:
-        if bar is not None:
+        for bar in bars:
             bar.close()
     if args.json:
         from voxlake.cli.output import print_json
