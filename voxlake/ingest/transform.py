@@ -123,17 +123,8 @@ def index_units(units: Iterable[Unit], options: TransformOptions) -> IndexedBatc
 
 def _open(uri: str) -> BinaryIO:
     if storage.is_local(uri):
-        return open(uri, "rb", buffering=0)
-    import fsspec
-
-    return fsspec.open(uri, "rb", **_fsspec_kwargs(uri)).open()
-
-
-def _fsspec_kwargs(uri: str) -> dict[str, Any]:
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if uri.startswith(("s3://", "s3a://")) and endpoint:
-        return {"client_kwargs": {"endpoint_url": endpoint}}
-    return {}
+        return open(uri, "rb", buffering=0)  # unbuffered: the parser keeps its own buffer
+    return storage.filesystem(uri).open(uri, "rb")
 
 
 def _index_file(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-_REMOTE_PREFIXES = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://", "memory://")
 #: Environment variables that configure object stores (credentials, endpoints, regions).
 _ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 

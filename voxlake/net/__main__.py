@@ -1,0 +1,3 @@
+from voxlake.net.scp import main
+
+main()

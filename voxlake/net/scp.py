@@ -1,0 +1,323 @@
+"""The DIMSE server: Verification and Storage SCP (PS3.4 Annex A and B) with durable acknowledgement.
+
+A C-STORE is answered Success only after the instance is a durable file in the lake's landing area
+(see :mod:`voxlake.net.store`). A committer thread indexes the landed files into the tables every
+``commit_interval`` seconds, one atomic ingest run per batch; at start-up it indexes whatever a crash
+left landed but uncommitted (ingest is incremental by uri, size and mtime, so nothing is added twice).
+
+Handler contracts (as in pynetdicom, PS3.7 9.1):
+
+* ``EVT_C_ECHO``: returns 0x0000 Success.
+* ``EVT_C_STORE``: returns 0x0000 Success once the instance is durably landed (or was already there
+  with the same bytes); 0xC210 "cannot understand" when the dataset cannot be parsed or is truncated;
+  0xA900 "data set does not match SOP Class" when it lacks a valid Study, Series or SOP Instance UID;
+  0xA700 "out of resources" when it cannot be written. Each failure is logged with the calling AE
+  title and the SOP Instance UID, and leaves no file behind.
+
+Unsupported SOP classes and transfer syntaxes are refused at association negotiation (the
+presentation context is rejected), unknown calling AE titles too when ``require_known_peers``
+(A-ASSOCIATE-RJ, rejected-permanent, reason "calling AE title not recognized", PS3.8 9.3.4).
+Later services (C-FIND, C-MOVE, C-GET) add their handlers and contexts to :class:`DimseServer`.
+
+Only local lakes: the landing area is a folder, and fsync has no object-store equivalent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from voxlake.errors import InvalidArgumentError
+from voxlake.lake import storage
+from voxlake.net.store import LandingArea
+
+log = logging.getLogger("voxlake.net")
+
+#: PS3.4 B.2.3 C-STORE statuses.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
+#: The landing area's folder inside the lake.
+LANDING_FOLDER = "dicom"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A known DICOM application entity."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+def load_peers(path: str | os.PathLike[str]) -> dict[str, Peer]:
+    """Read a peers file: YAML ``{AE_TITLE: {host: ..., port: ...}, ...}``.
+
+    >>> load_peers("peers.yaml")  # doctest: +SKIP
+    {'ORTHANC': Peer(ae_title='ORTHANC', host='127.0.0.1', port=4242)}
+    """
+    import yaml
+
+    with open(path, encoding="utf-8") as fp:
+        raw = yaml.safe_load(fp) or {}
+    if not isinstance(raw, dict):
+        raise InvalidArgumentError(f"{path}: expected a mapping of AE titles to {{host, port}}")
+    peers = {}
+    for title, spec in raw.items():
+        if not isinstance(spec, dict) or "host" not in spec or "port" not in spec:
+            raise InvalidArgumentError(f"{path}: peer {title!r} needs 'host' and 'port'")
+        title = str(title).strip()
+        if not 0 < len(title) <= 16:
+            raise InvalidArgumentError(f"{path}: AE title {title!r} must be 1 to 16 characters (PS3.5 6.2)")
+        peers[title] = Peer(title, str(spec["host"]), int(spec["port"]))
+    return peers
+
+
+class DimseServer:
+    """One AE serving the lake over DIMSE; ``start()`` returns at once, ``stop()`` drains and commits.
+
+    >>> with DimseServer(voxlake.open("/data/lake"), port=11112) as server:  # doctest: +SKIP
+    ...     server.wait()  # until SIGINT / SIGTERM
+    """
+
+    def __init__(
+        self,
+        lake: Any,
+        *,
+        ae_title: str = "VOXLAKE",
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        peers: dict[str, Peer] | None = None,
+        require_known_peers: bool = False,
+        commit_interval: float = 2.0,
+        max_associations: int = 16,
+    ) -> None:
+        if not storage.is_local(lake.uri):
+            raise InvalidArgumentError(
+                f"{lake.uri}: the DIMSE server needs a local lake (its landing area is fsynced to disk)"
+            )
+        if max_associations < 1 or commit_interval <= 0:
+            raise InvalidArgumentError("max_associations must be ≥ 1 and commit_interval > 0")
+        self.lake = lake
+        self.ae_title = ae_title
+        self.host = host
+        self.port = port
+        self.peers = dict(peers or {})
+        self.require_known_peers = require_known_peers
+        self.commit_interval = commit_interval
+        self.landing = LandingArea(Path(lake.uri) / LANDING_FOLDER)
+        self.ae = self._make_ae(max_associations)
+        self._server: Any = None
+        self._committer: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._pending: list[str] = []
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    def _make_ae(self, max_associations: int) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = max_associations
+        ae.add_supported_context(Verification)
+        # Every syntax pydicom knows, compressed ones included: data is stored as received.
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+        if self.require_known_peers:
+            ae.require_calling_aet = list(self.peers) or ["\x00"]  # no peers: nobody is known
+        return ae
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> DimseServer:
+        """Listen (port 0 picks a free one; see :attr:`port`) and start the committer."""
+        removed = self.landing.remove_temporaries()
+        if removed:
+            log.info("removed %d unacknowledged temporary files from %s", len(removed), self.landing.root)
+        handlers = [
+            (evt.EVT_C_ECHO, self.on_c_echo),
+            (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self._server = self.ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        self.port = self._server.server_address[1]
+        self._committer = threading.Thread(target=self._commit_loop, name="voxlake-committer", daemon=True)
+        self._committer.start()
+        log.info("%s listening on %s:%d, landing area %s", self.ae_title, self.host, self.port, self.landing.root)
+        return self
+
+    def stop(self) -> None:
+        """Stop listening, abort open associations, and commit what has landed."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self._stopping.set()
+        if self._committer is not None:
+            self._committer.join()
+            self._committer = None
+
+    def wait(self) -> None:
+        """Block until SIGINT or SIGTERM (main thread only), then stop."""
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+        self.stop()
+
+    def __enter__(self) -> DimseServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    def on_c_echo(self, event: Any) -> int:
+        """C-ECHO (PS3.4 A.4): always Success."""
+        return SUCCESS
+
+    def on_c_store(self, event: Any) -> int:
+        """C-STORE (PS3.4 B.2.3): land the dataset as received, durably, then answer Success."""
+        calling = event.assoc.requestor.ae_title
+        requested = str(event.request.AffectedSOPInstanceUID or "")
+        data = event.encoded_dataset()
+        try:
+            study, series, sop = _instance_uids(data)
+        except _Unreadable as exc:
+            log.warning("C-STORE from %s, SOP Instance %s: cannot understand (%s); 0xC210", calling, requested, exc)
+            return CANNOT_UNDERSTAND
+        if not all((study, series, sop)):
+            log.warning(
+                "C-STORE from %s, SOP Instance %s: no Study, Series or SOP Instance UID; 0xA900", calling, requested
+            )
+            return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        if sop != requested:
+            log.warning("C-STORE from %s: request names SOP Instance %s, dataset %s", calling, requested, sop)
+        try:
+            path, new = self.landing.store(data, study, series, sop)
+        except ValueError as exc:
+            log.warning("C-STORE from %s, SOP Instance %s: %s; 0xA900", calling, requested, exc)
+            return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        except OSError as exc:
+            log.error("C-STORE from %s, SOP Instance %s: cannot write (%s); 0xA700", calling, requested, exc)
+            return OUT_OF_RESOURCES
+        if new:
+            with self._pending_lock:
+                self._pending.append(str(path))
+        log.debug("C-STORE from %s: %s %s", calling, path, "landed" if new else "already landed")
+        return SUCCESS
+
+    def _on_aborted(self, event: Any) -> None:
+        log.warning("association with %s aborted; its unacknowledged instances were not kept",
+                    event.assoc.requestor.ae_title)
+
+    def _on_rejected(self, event: Any) -> None:
+        log.warning("association from %s (%s) rejected", event.assoc.requestor.ae_title,
+                    event.assoc.requestor.address)
+
+    # -- committing --------------------------------------------------------------------------
+
+    def commit(self, *, everything: bool = False) -> int:
+        """Index the files landed since the last commit (``everything``: the whole landing area) as
+        one run; returns the number of files handed to the run. Safe to call from any thread."""
+        from voxlake.ingest.run import ingest_units
+        from voxlake.ingest.sources import Unit, list_units
+
+        with self._commit_lock:
+            with self._pending_lock:
+                paths, self._pending = self._pending, []
+            try:
+                if everything:
+                    units = list(list_units(str(self.landing.root))) if self.landing.root.exists() else []
+                else:
+                    units = []
+                    for p in paths:
+                        st = os.stat(p)
+                        units.append(Unit(p, st.st_size, st.st_mtime_ns // 1000))
+                if units:
+                    summary = ingest_units(self.lake, str(self.landing.root), units, workers=0)
+                    if summary.committed:
+                        log.info("committed %d instances (%d errors) in run %s",
+                                 summary.indexed, summary.errors, summary.run_id)
+                return len(units)
+            except Exception:
+                with self._pending_lock:
+                    self._pending[:0] = paths  # tried again at the next interval
+                raise
+
+    def _commit_loop(self) -> None:
+        everything = True  # first: what a crash left landed but uncommitted
+        while True:
+            stopping = self._stopping.wait(0 if everything else self.commit_interval)
+            try:
+                self.commit(everything=everything)
+                everything = False
+            except Exception:
+                log.exception("commit failed; retrying in %.1f s", self.commit_interval)
+            if stopping:
+                return
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _instance_uids(data: bytes) -> tuple[str | None, str | None, str | None]:
+    """Study, Series and SOP Instance UID, read with the lake's own parser so that what is accepted
+    is what the lake can index."""
+    from voxlake.dicom.parser import read_header
+    from voxlake.errors import VoxlakeError
+
+    try:
+        header = read_header(io.BytesIO(data), size=len(data))
+    except VoxlakeError as exc:
+        raise _Unreadable(str(exc)) from None
+    if header.partial:
+        raise _Unreadable("the dataset ends early: " + "; ".join(header.warnings[-1:]))
+
+    def uid(tag: str) -> str | None:
+        values = (header.dataset.get(tag) or {}).get("Value") or []
+        return str(values[0]).strip() if values and values[0] else None
+
+    return uid("0020000D"), uid("0020000E"), uid("00080018")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m voxlake.net --lake PATH [--port N] ...``: serve until SIGINT or SIGTERM."""
+    import voxlake
+
+    parser = argparse.ArgumentParser(prog="python -m voxlake.net", description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", required=True)
+    parser.add_argument("--ae-title", default="VOXLAKE")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=11112)
+    parser.add_argument("--peers", help="YAML file of known peers")
+    parser.add_argument("--require-known-peers", action="store_true")
+    parser.add_argument("--commit-interval", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    server = DimseServer(
+        voxlake.open(args.lake),
+        ae_title=args.ae_title,
+        host=args.host,
+        port=args.port,
+        peers=load_peers(args.peers) if args.peers else None,
+        require_known_peers=args.require_known_peers,
+        commit_interval=args.commit_interval,
+    )
+    server.start()
+    print(f"listening on {server.host}:{server.port}", flush=True)
+    server.wait()
