@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-10)
 DEMO_LAKE ?= demo-lake
 
-.PHONY: install demo test lint bench java dicom3tools clean
+.PHONY: install demo test lint bench java dicom-tools clean
 
 install: $(STAMP)
 
@@ -22,11 +22,11 @@ java:
 		echo "installing a Java runtime for Spark"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends default-jre-headless; }
 
-# dciodvfy (DICOM IOD validation of generated objects, in the tests) comes with dicom3tools.
-dicom3tools:
-	@command -v dciodvfy >/dev/null 2>&1 || { \
-		echo "installing dicom3tools for dciodvfy"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dicom3tools; }
+# Real DICOM peers for the tests: dciodvfy (IOD validation, dicom3tools) and DCMTK's network tools.
+dicom-tools:
+	@command -v dciodvfy >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 || { \
+		echo "installing dicom3tools and dcmtk"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dicom3tools dcmtk; }
 
 demo: install
 	$(PY) -m voxlake.demo --lake $(DEMO_LAKE)
@@ -34,7 +34,7 @@ demo: install
 lint: install
 	$(PY) -m ruff check voxlake tests bench scripts
 
-test: install java dicom3tools lint
+test: install java dicom-tools lint
 	$(PY) -m pytest
 
 bench: install java

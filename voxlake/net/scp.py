@@ -109,6 +109,8 @@ class DimseServer:
             raise InvalidArgumentError(
                 f"{lake.uri}: the DIMSE server needs a local lake (its landing area is fsynced to disk)"
             )
+        if require_known_peers and not peers:
+            raise InvalidArgumentError("require_known_peers needs peers (see load_peers); none were given")
         if max_associations < 1 or commit_interval <= 0:
             raise InvalidArgumentError("max_associations must be ≥ 1 and commit_interval > 0")
         self.lake = lake
@@ -135,7 +137,7 @@ class DimseServer:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
         if self.require_known_peers:
-            ae.require_calling_aet = list(self.peers) or ["\x00"]  # no peers: nobody is known
+            ae.require_calling_aet = list(self.peers)
         return ae
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -155,7 +157,9 @@ class DimseServer:
         self.port = self._server.server_address[1]
         self._committer = threading.Thread(target=self._commit_loop, name="voxlake-committer", daemon=True)
         self._committer.start()
-        log.info("%s listening on %s:%d, landing area %s", self.ae_title, self.host, self.port, self.landing.root)
+        log.info(
+            "%s listening on %s:%d, landing area %s", self.ae_title, self.host, self.port, self.landing.root
+        )
         return self
 
     def stop(self) -> None:
@@ -196,11 +200,15 @@ class DimseServer:
         try:
             study, series, sop = _instance_uids(data)
         except _Unreadable as exc:
-            log.warning("C-STORE from %s, SOP Instance %s: cannot understand (%s); 0xC210", calling, requested, exc)
+            log.warning(
+                "C-STORE from %s, SOP Instance %s: cannot understand (%s); 0xC210", calling, requested, exc
+            )
             return CANNOT_UNDERSTAND
         if not all((study, series, sop)):
             log.warning(
-                "C-STORE from %s, SOP Instance %s: no Study, Series or SOP Instance UID; 0xA900", calling, requested
+                "C-STORE from %s, SOP Instance %s: no Study, Series or SOP Instance UID; 0xA900",
+                calling,
+                requested,
             )
             return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
         if sop != requested:
@@ -220,12 +228,15 @@ class DimseServer:
         return SUCCESS
 
     def _on_aborted(self, event: Any) -> None:
-        log.warning("association with %s aborted; its unacknowledged instances were not kept",
-                    event.assoc.requestor.ae_title)
+        log.warning(
+            "association with %s aborted; its unacknowledged instances were not kept",
+            event.assoc.requestor.ae_title,
+        )
 
     def _on_rejected(self, event: Any) -> None:
-        log.warning("association from %s (%s) rejected", event.assoc.requestor.ae_title,
-                    event.assoc.requestor.address)
+        log.warning(
+            "association from %s (%s) rejected", event.assoc.requestor.ae_title, event.assoc.requestor.address
+        )
 
     # -- committing --------------------------------------------------------------------------
 
@@ -244,13 +255,21 @@ class DimseServer:
                 else:
                     units = []
                     for p in paths:
-                        st = os.stat(p)
+                        try:
+                            st = os.stat(p)
+                        except FileNotFoundError:
+                            log.warning("%s was landed but is gone; not committed", p)
+                            continue
                         units.append(Unit(p, st.st_size, st.st_mtime_ns // 1000))
                 if units:
                     summary = ingest_units(self.lake, str(self.landing.root), units, workers=0)
                     if summary.committed:
-                        log.info("committed %d instances (%d errors) in run %s",
-                                 summary.indexed, summary.errors, summary.run_id)
+                        log.info(
+                            "committed %d instances (%d errors) in run %s",
+                            summary.indexed,
+                            summary.errors,
+                            summary.run_id,
+                        )
                 return len(units)
             except Exception:
                 with self._pending_lock:
