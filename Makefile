@@ -22,11 +22,12 @@ java:
 		echo "installing a Java runtime for Spark"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends default-jre-headless; }
 
-# Real DICOM peers for the tests: dciodvfy (IOD validation, dicom3tools) and DCMTK's network tools.
+# Real DICOM peers for the tests: dciodvfy (IOD validation, dicom3tools), DCMTK's network tools
+# and an Orthanc PACS (started by the tests on loopback ports, never as a service).
 dicom-tools:
-	@command -v dciodvfy >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 || { \
-		echo "installing dicom3tools and dcmtk"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dicom3tools dcmtk; }
+	@command -v dciodvfy >/dev/null 2>&1 && command -v storescu >/dev/null 2>&1 && command -v Orthanc >/dev/null 2>&1 || { \
+		echo "installing dicom3tools, dcmtk and orthanc"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dicom3tools dcmtk orthanc; }
 
 demo: install
 	$(PY) -m voxlake.demo --lake $(DEMO_LAKE)

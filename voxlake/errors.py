@@ -8,6 +8,8 @@
     ├── LakeNotFoundError       no lake at the given URI
     ├── SourceError             a source that cannot be listed or opened
     ├── QueryError              SQL that DuckDB (or a voxlake macro) rejects
+    ├── AssociationError        a DICOM peer unreachable, or it rejected or aborted the association
+    ├── DimseStatusError        a DICOM peer answered with a failure status
     ├── InvalidArgumentError    a wrong option value; the message lists the valid ones
     └── MissingExtraError       an optional part (Spark, S3) that is not installed
 
@@ -47,3 +49,15 @@ class MissingExtraError(VoxlakeError, ImportError):
 
 class QueryError(VoxlakeError):
     """A SQL query failed: DuckDB's message, or the voxlake macro's, without engine noise."""
+
+
+class AssociationError(VoxlakeError):
+    """The peer could not be reached, rejected the association, or aborted it."""
+
+
+class DimseStatusError(VoxlakeError):
+    """The peer answered a DIMSE request with a failure status (see :attr:`status`)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status

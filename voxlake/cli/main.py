@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     from voxlake.cli import synth
 
     synth.add_parser(sub)
+    from voxlake.cli import net
+
+    net.add_parser(sub)
     return p
 
 
@@ -66,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from voxlake.cli import synth
 
             return synth.run(args)
+        if args.command in ("dimse", "pacs"):
+            from voxlake.cli import net
+
+            return net.run(args)
         return _sql(args)
     except KeyboardInterrupt:
         print("voxlake: interrupted", file=sys.stderr)

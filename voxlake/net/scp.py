@@ -1,4 +1,5 @@
-"""The DIMSE server: Verification and Storage SCP (PS3.4 Annex A and B) with durable acknowledgement.
+"""The DIMSE server: Verification, Storage (PS3.4 Annex A, B) with durable acknowledgement, and
+Query/Retrieve (Annex C: Patient and Study Root FIND, MOVE, GET) answered from the lake.
 
 A C-STORE is answered Success only after the instance is a durable file in the lake's landing area
 (see :mod:`voxlake.net.store`). A committer thread indexes the landed files into the tables every
@@ -13,11 +14,26 @@ Handler contracts (as in pynetdicom, PS3.7 9.1):
   0xA900 "data set does not match SOP Class" when it lacks a valid Study, Series or SOP Instance UID;
   0xA700 "out of resources" when it cannot be written. Each failure is logged with the calling AE
   title and the SOP Instance UID, and leaves no file behind.
+* ``EVT_C_FIND``: yields (0xFF00 Pending, identifier) per match, then (0x0000 Success, None);
+  (0xFE00 Cancel, None) once the peer cancels; 0xA900 "identifier does not match SOP class" with an
+  ErrorComment for a bad level or missing higher-level unique keys; 0xC001 "unable to process"
+  when the query fails. Matching and return keys: :mod:`voxlake.net.qr`.
+* ``EVT_C_MOVE``: yields the destination's (host, port, {contexts}) from ``peers`` ((None, None):
+  0xA801 "move destination unknown"), the number of sub-operations, then (0xFF00, dataset) per
+  instance and (0x0000, None); pynetdicom counts completed, failed and warning sub-operations and
+  sends 0xB000 when some failed. 0xA900/0xC001 as for C-FIND.
+* ``EVT_C_GET``: as C-MOVE without the destination; the C-STOREs go back over the association, on
+  the storage contexts the requestor proposed with the SCP role (PS3.7 D.3.3.4).
+
+Queries and retrieves read the lake through a DuckDB connection of their own association thread
+(a connection is not thread-safe), over the table versions current when each request arrives: they
+neither wait for nor hold up C-STORE and the committer. Instances are sent from their stored files,
+with the transfer syntax they were stored in; only local files (``uri`` a path) can be sent so far:
+zip members and object-store URIs count as failed sub-operations.
 
 Unsupported SOP classes and transfer syntaxes are refused at association negotiation (the
 presentation context is rejected), unknown calling AE titles too when ``require_known_peers``
 (A-ASSOCIATE-RJ, rejected-permanent, reason "calling AE title not recognized", PS3.8 9.3.4).
-Later services (C-FIND, C-MOVE, C-GET) add their handlers and contexts to :class:`DimseServer`.
 
 Only local lakes: the landing area is a folder, and fsync has no object-store equivalent.
 """
@@ -25,21 +41,34 @@ Only local lakes: the landing area is a folder, and fsync has no object-store eq
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
+import queue
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from voxlake.errors import InvalidArgumentError
 from voxlake.lake import storage
+from voxlake.net import qr
 from voxlake.net.store import LandingArea
 
 log = logging.getLogger("voxlake.net")
@@ -49,6 +78,25 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+
+#: PS3.4 C.4 Query/Retrieve statuses.
+PENDING = 0xFF00
+CANCEL = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+MOVE_DESTINATION_UNKNOWN = 0xA801
+UNABLE_TO_PROCESS = 0xC001
+
+QUERY_RETRIEVE_SOP_CLASSES = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+#: At most 128 presentation contexts in an association request (PS3.8 9.3.2.2).
+MAX_CONTEXTS = 128
 
 #: The landing area's folder inside the lake.
 LANDING_FOLDER = "dicom"
@@ -128,14 +176,20 @@ class DimseServer:
         self._pending: list[str] = []
         self._pending_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        # Lakes (each with its DuckDB connection) lent to one request at a time: a connection is not
+        # thread-safe, and opening one per association would cost more than the query.
+        self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def _make_ae(self, max_associations: int) -> AE:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = max_associations
         ae.add_supported_context(Verification)
-        # Every syntax pydicom knows, compressed ones included: data is stored as received.
+        # Every syntax pydicom knows, compressed ones included: data is stored as received. Both
+        # roles are accepted so that a C-GET requestor can act as Storage SCP (PS3.7 D.3.3.4).
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+            ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes, scu_role=True, scp_role=True)
+        for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
+            ae.add_supported_context(sop_class)
         if self.require_known_peers:
             ae.require_calling_aet = list(self.peers)
         return ae
@@ -150,6 +204,9 @@ class DimseServer:
         handlers = [
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_C_FIND, self.on_c_find),
+            (evt.EVT_C_MOVE, self.on_c_move),
+            (evt.EVT_C_GET, self.on_c_get),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
@@ -171,6 +228,11 @@ class DimseServer:
         if self._committer is not None:
             self._committer.join()
             self._committer = None
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                break
 
     def wait(self) -> None:
         """Block until SIGINT or SIGTERM (main thread only), then stop."""
@@ -226,6 +288,119 @@ class DimseServer:
                 self._pending.append(str(path))
         log.debug("C-STORE from %s: %s %s", calling, path, "landed" if new else "already landed")
         return SUCCESS
+
+    def on_c_find(self, event: Any) -> Iterator[tuple[Any, Any]]:
+        """C-FIND (PS3.4 C.4.1): one pending response per matching entity, from the lake's tables."""
+        started = time.perf_counter()
+        n = 0
+        try:
+            identifier = event.identifier
+            model = qr.model_for(event.request.AffectedSOPClassUID)
+            with self._reader() as con:
+                matches = [] if con is None else qr.find(con, identifier, model, ae_title=self.ae_title)
+                for ds in matches:
+                    if event.is_cancelled:
+                        yield CANCEL, None
+                        return
+                    n += 1
+                    yield PENDING, ds
+        except qr.IdentifierError as exc:
+            yield _failure(event, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+            return
+        except Exception as exc:
+            log.exception("C-FIND from %s failed", event.assoc.requestor.ae_title)
+            yield _failure(event, UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}"), None
+            return
+        log.debug(
+            "C-FIND from %s: %d matches in %.1f ms",
+            event.assoc.requestor.ae_title,
+            n,
+            (time.perf_counter() - started) * 1000,
+        )
+        yield SUCCESS, None
+
+    def on_c_move(self, event: Any) -> Iterator[Any]:
+        """C-MOVE (PS3.4 C.4.2): the identified instances, to a destination named in ``peers``."""
+        destination = str(event.move_destination or "").strip()
+        peer = self.peers.get(destination)
+        if peer is None:
+            log.warning(
+                "C-MOVE from %s: unknown destination %r; 0xA801", event.assoc.requestor.ae_title, destination
+            )
+            yield None, None
+            return
+        try:
+            matches = self._retrieve(event)
+        except _RetrieveFailed as exc:
+            # pynetdicom sends a failure only after the destination and one sub-operation.
+            yield peer.host, peer.port, {"contexts": [build_context(Verification)]}
+            yield 1
+            yield exc.status, None
+            return
+        yield peer.host, peer.port, {"contexts": _storage_contexts(matches)}
+        yield from self._send(event, matches)
+
+    def on_c_get(self, event: Any) -> Iterator[Any]:
+        """C-GET (PS3.4 C.4.3): the identified instances, back over the requestor's association."""
+        try:
+            matches = self._retrieve(event)
+        except _RetrieveFailed as exc:
+            yield 1
+            yield exc.status, None
+            return
+        yield from self._send(event, matches)
+
+    def _retrieve(self, event: Any) -> list[qr.Match]:
+        try:
+            model = qr.model_for(event.request.AffectedSOPClassUID)
+            with self._reader() as con:
+                return [] if con is None else qr.retrieve(con, event.identifier, model)
+        except qr.IdentifierError as exc:
+            raise _RetrieveFailed(_failure(event, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))) from exc
+        except Exception as exc:
+            log.exception("retrieve for %s failed", event.assoc.requestor.ae_title)
+            raise _RetrieveFailed(_failure(event, UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}")) from exc
+
+    def _send(self, event: Any, matches: list[qr.Match]) -> Iterator[Any]:
+        """The sub-operations: each stored file, read as it is; one that cannot be read fails alone."""
+        from pydicom import dcmread
+
+        yield len(matches)
+        for match in matches:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            try:
+                if not storage.is_local(match.uri) or match.uri.startswith("zip://"):
+                    raise OSError("only local files can be sent so far")
+                dataset = dcmread(match.uri)
+            except Exception as exc:
+                log.warning("cannot send SOP Instance %s from %s: %s", match.sop_instance_uid, match.uri, exc)
+                # pynetdicom counts a pending result that is not a dataset as a failed sub-operation.
+                yield PENDING, match.uri
+                continue
+            yield PENDING, dataset
+        yield SUCCESS, None
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """A DuckDB connection over the current table versions, for this request alone; None while
+        the lake has no tables. Each is a Lake of its own, apart from the committer's."""
+        from voxlake.errors import LakeNotFoundError
+        from voxlake.lake.lake import Lake
+
+        try:
+            lake = self._readers.get_nowait()
+        except queue.Empty:
+            lake = Lake(self.lake.uri)
+        try:
+            try:
+                con = lake.connect()
+            except LakeNotFoundError:
+                con = None
+            yield con
+        finally:
+            self._readers.put(lake)
 
     def _on_aborted(self, event: Any) -> None:
         log.warning(
@@ -291,6 +466,45 @@ class DimseServer:
 
 class _Unreadable(Exception):
     pass
+
+
+class _RetrieveFailed(Exception):
+    def __init__(self, status: Any) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _failure(event: Any, status: int, comment: str) -> Any:
+    """A failure status dataset with an ErrorComment (at most 64 characters, PS3.7 C.4), logged."""
+    from pydicom.dataset import Dataset
+
+    log.warning("%s from %s: %s; 0x%04X", _service(event), event.assoc.requestor.ae_title, comment, status)
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def _service(event: Any) -> str:
+    return {evt.EVT_C_FIND: "C-FIND", evt.EVT_C_MOVE: "C-MOVE", evt.EVT_C_GET: "C-GET"}.get(
+        event.event, "DIMSE"
+    )
+
+
+def _storage_contexts(matches: list[qr.Match]) -> list[Any]:
+    """Contexts for C-MOVE sub-operations: each SOP class with its stored transfer syntax, plus the
+    uncompressed ones pydicom can convert to, as long as they fit in one association request."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    wanted: dict[tuple[str, tuple[str, ...]], None] = {}
+    for m in matches:
+        wanted[(m.sop_class_uid, (m.transfer_syntax_uid,))] = None
+    for m in matches:
+        wanted[(m.sop_class_uid, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))] = None
+    contexts = [build_context(sop_class, list(syntaxes)) for sop_class, syntaxes in wanted]
+    if len(contexts) > MAX_CONTEXTS:
+        log.warning("%d presentation contexts needed, %d proposed", len(contexts), MAX_CONTEXTS)
+    return contexts[:MAX_CONTEXTS]
 
 
 def _instance_uids(data: bytes) -> tuple[str | None, str | None, str | None]:
