@@ -38,9 +38,10 @@ lint: install
 test: install java dicom-tools lint
 	$(PY) -m pytest
 
-bench: install java
+bench: install java dicom-tools
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/synth_scale_bench.py
+	$(PY) bench/dimse_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work

@@ -183,6 +183,9 @@ class DimseServer:
     def _make_ae(self, max_associations: int) -> AE:
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = max_associations
+        # Peers send PDUs up to this size: pynetdicom's 16 KiB default splits a CT slice into ~34
+        # PDUs, whose decoding dominated C-STORE time; 1 MiB gave +15-27% instances/s (bench).
+        ae.maximum_pdu_size = 1 << 20
         ae.add_supported_context(Verification)
         # Every syntax pydicom knows, compressed ones included: data is stored as received. Both
         # roles are accepted so that a C-GET requestor can act as Storage SCP (PS3.7 D.3.3.4).
