@@ -36,3 +36,16 @@ def test_every_indexed_column_has_min_max_and_null_count(tmp_path, ct_series):
     [action] = _actions(tmp_path / "lake" / "instances")
     assert action["min.Modality"] == action["max.Modality"] == "CT"
     assert action["null_count.PatientBirthDate"] == 3
+
+
+def test_optimize_compacts_small_files_without_changing_any_row(tmp_path, ct_series):
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(ct_series), workers=2)
+    query = "SELECT uri, sha256, SeriesInstanceUID FROM instances ORDER BY uri"
+    before = lake.sql(query).fetchall()
+    files_before = len(DeltaTable(str(tmp_path / "lake" / "instances")).file_uris())
+    assert files_before > 1  # one Parquet file per ingest chunk
+    lake.optimize()
+    assert len(DeltaTable(str(tmp_path / "lake" / "instances")).file_uris()) == 1
+    assert lake.sql(query).fetchall() == before
+    assert lake.sql("SELECT instances FROM series").fetchall() == [(134,)]

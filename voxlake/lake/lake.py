@@ -138,6 +138,23 @@ class Lake:
 
         return register(self, spark)
 
+    def optimize(self, *, target_size: int = 256 << 20) -> dict[str, dict[str, Any]]:
+        """Compact each table's small files (every ingest chunk and every network commit adds one)
+        into files of about ``target_size`` bytes; queries then open a few files instead of
+        hundreds. Rows and versions are unchanged; old files stay until :meth:`vacuum`."""
+        from deltalake import DeltaTable
+
+        from voxlake.lake.schema import TABLES
+
+        opts = storage.delta_storage_options(self.uri)
+        self.versions()  # raises LakeNotFoundError with a clear message
+        return {
+            name: DeltaTable(storage.join(self.uri, name), storage_options=opts).optimize.compact(
+                target_size=target_size
+            )
+            for name in TABLES
+        }
+
     def vacuum(self, *, retention_hours: int = 168, dry_run: bool = True) -> dict[str, list[str]]:
         """Delete files no table version needs any more, older than ``retention_hours``: those of
         replaced versions and those staged by runs that never committed. Dry run by default."""
