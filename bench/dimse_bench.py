@@ -40,12 +40,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _common as common  # shared sampling, idle wait, machine facts, docs section
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest_bench as ib  # the shared corpus, idle wait and machine description
 
 REPO = ib.REPO
 DEFAULT_WORK = REPO / "bench" / ".work"
-DOCS = REPO / "docs" / "benchmarks.md"
+DOCS = common.DOCS
 SECTION = "## DIMSE"
 ORTHANC = Path("/usr/sbin/Orthanc")
 STORESCU = shutil.which("storescu") or "storescu"
@@ -204,7 +206,7 @@ def store_run(target: str, files: list[str], conc: int, work: Path, idle_wait: f
         server = Voxlake(root / "lake", root / "voxlake.log") if target == "voxlake" else Orthanc(root)
         os.sync()
         warm(files)
-        waited = ib.wait_for_idle(idle_wait)
+        waited = common.wait_for_idle(idle_wait)
         print(
             f"{label}: "
             + (f"waited {waited:.0f} s for the machine to go idle; " if waited >= 5 else "")
@@ -213,7 +215,7 @@ def store_run(target: str, files: list[str], conc: int, work: Path, idle_wait: f
         )
         q = -(-len(files) // conc)
         chunks = [files[i * q : (i + 1) * q] for i in range(conc)]
-        cpu0, busy0 = _cpu(server.proc.pid), ib._busy_cpu_s()
+        cpu0, busy0 = _cpu(server.proc.pid), common.busy_cpu_s()
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         procs = [
@@ -229,13 +231,13 @@ def store_run(target: str, files: list[str], conc: int, work: Path, idle_wait: f
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         server_cpu = _cpu(server.proc.pid) - cpu0
         scu_cpu = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
-        foreign = max(0.0, ib._busy_cpu_s() - busy0 - server_cpu - scu_cpu)
+        foreign = max(0.0, common.busy_cpu_s() - busy0 - server_cpu - scu_cpu)
         result.update(
             wall=wall,
             rcs=rcs,
             server_cpu_s=server_cpu,
             scu_cpu_s=scu_cpu,
-            foreign_share=foreign / (wall * ib._nproc()),
+            foreign_share=foreign / (wall * common.nproc()),
         )
         committed = None
         if target == "voxlake":
@@ -385,7 +387,7 @@ def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
     server = Voxlake(lake_path, work / "dimse" / "find" / "voxlake.log")
     try:
         # Wait first: an association left idle longer than the server's network timeout is aborted.
-        waited = ib.wait_for_idle(idle_wait)
+        waited = common.wait_for_idle(idle_wait)
         ae = AE(ae_title="BENCH")
         ae.add_requested_context(FIND)
         assoc = ae.associate("127.0.0.1", server.port, ae_title="VOXLAKE")
@@ -396,7 +398,7 @@ def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
             + (f" (waited {waited:.0f} s for the machine to go idle)" if waited >= 5 else ""),
             flush=True,
         )
-        busy0, cpu0, t_all = ib._busy_cpu_s(), _cpu(server.proc.pid), time.perf_counter()
+        busy0, cpu0, t_all = common.busy_cpu_s(), _cpu(server.proc.pid), time.perf_counter()
         for name, keys in queries:
             ds = _identifier(keys)
             q = qr.build_find(ds, qr.Model.STUDY_ROOT)
@@ -437,9 +439,9 @@ def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
             )
         wall = time.perf_counter() - t_all
         foreign = max(
-            0.0, ib._busy_cpu_s() - busy0 - (_cpu(server.proc.pid) - cpu0) - (time.process_time())
+            0.0, common.busy_cpu_s() - busy0 - (_cpu(server.proc.pid) - cpu0) - (time.process_time())
         )  # the bench's own CPU is in process_time: a rough bound
-        out["foreign_share"] = foreign / (wall * ib._nproc())
+        out["foreign_share"] = foreign / (wall * common.nproc())
         assoc.release()
     finally:
         server.stop()
@@ -447,10 +449,6 @@ def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
 
 
 # --- the report --------------------------------------------------------------------------------
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None else f"{x:,.{digits}f}"
 
 
 STORE_HEADERS = [
@@ -480,11 +478,11 @@ def store_rows(results: list[dict[str, Any]]) -> list[list[str]]:
             r["target"],
             str(r["conc"]),
             f"{r['instances']:,}",
-            _fmt(r.get("wall")),
-            _fmt(r["instances"] / r["wall"] if r.get("wall") else None),
-            _fmt(r.get("committed_s")),
-            _fmt(r.get("server_cpu_s")),
-            _fmt(r.get("scu_cpu_s")),
+            common.fmt(r.get("wall")),
+            common.fmt(r["instances"] / r["wall"] if r.get("wall") else None),
+            common.fmt(r.get("committed_s")),
+            common.fmt(r.get("server_cpu_s")),
+            common.fmt(r.get("scu_cpu_s")),
             f"{r['foreign_share']:.0%}" if "foreign_share" in r else "—",
         ]
         for r in results
@@ -498,10 +496,10 @@ def find_rows(find: dict[str, Any] | None) -> list[list[str]]:
         [
             q["name"],
             f"{q['matches']:,}",
-            _fmt(q["find"]["median_ms"]),
-            _fmt(q["find"]["p95_ms"]),
-            _fmt(q["sql"]["median_ms"]),
-            _fmt(q["sql"]["p95_ms"]),
+            common.fmt(q["find"]["median_ms"]),
+            common.fmt(q["find"]["p95_ms"]),
+            common.fmt(q["sql"]["median_ms"]),
+            common.fmt(q["sql"]["p95_ms"]),
         ]
         for q in find["queries"]
     ]
@@ -550,10 +548,6 @@ def targets(store: list[dict[str, Any]], find: dict[str, Any] | None) -> list[tu
     else:
         out.append((f"C-FIND study queries under {TARGET_FIND_MS:g} ms", "not measured", None))
     return out
-
-
-def _met(m: bool | None) -> str:
-    return "not measured" if m is None else ("met" if m else "NOT met")
 
 
 def section(
@@ -616,27 +610,13 @@ def section(
             md_table(FIND_HEADERS, find_rows(find)),
         ]
     lines += ["", "### Targets", "", "| target | measured | |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {_met(ok)} |" for t, m, ok in targets(store, find)]
+    lines += [f"| {t} | {m} | {common.met(ok)} |" for t, m, ok in targets(store, find)]
     notes = [f"- {r['label']}: {r['note']}" for r in store if r.get("note")]
     if find and find.get("foreign_share", 0) > FOREIGN_WARN:
         notes.append(f"- C-FIND: other processes kept the machine {find['foreign_share']:.0%} busy")
     if notes:
         lines += ["", "### Notes", "", *notes]
     return "\n".join(lines) + "\n"
-
-
-def write_docs(path: Path, text: str) -> None:
-    """Replace the ``## DIMSE`` section of ``path`` (up to the next ``## `` heading), or append it."""
-    old = path.read_text() if path.exists() else ib.DOCS_HEADER
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
-    path.write_text(new)
 
 
 def _version(cmd: list[str]) -> str:
@@ -705,14 +685,14 @@ def main(argv: list[str] | None = None) -> int:
         print(text_table(FIND_HEADERS, find_rows(find)))
         print()
     for t, m, ok in targets(store, find):
-        print(f"target: {t}: {m} — {_met(ok)}")
+        print(f"target: {t}: {m} — {common.met(ok)}")
     print(f"bench runtime: {total_s / 60:.1f} min")
     (work / "dimse" / "results.json").write_text(
         json.dumps({"machine": info, "store": store, "find": find, "total_s": total_s}, indent=2, default=str)
         + "\n"
     )
     if not args.no_docs:
-        write_docs(DOCS, section(info, args.instances, corpus_mib, store, find, total_s))
+        common.write_section(DOCS, SECTION, section(info, args.instances, corpus_mib, store, find, total_s))
         print(f"wrote the {SECTION!r} section of {DOCS.relative_to(REPO)}")
     return 0
 

@@ -21,7 +21,6 @@ rewrites the "## Ingest" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -35,10 +34,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import _common as common  # shared sampling, idle wait, machine facts, docs section
+
+REPO = common.REPO
 SOURCE_SERIES = REPO.parent / "shared" / "data" / "pancreatic-ct-cbct-seg_pyvista" / "series"
 DEFAULT_WORK = REPO / "bench" / ".work"
-DOCS = REPO / "docs" / "benchmarks.md"
+DOCS = common.DOCS
 SECTION = "## Ingest"
 MARKER = "corpus.json"
 CORPUS_FORMAT = 1  # bump when the way copies are made changes
@@ -48,12 +49,6 @@ TARGET_SCALING_2W = 1.8
 TARGET_PEAK_MIB = 1024.0
 FOREIGN_WARN = 0.05  # share of the machine other processes may use during a run before it is noted
 
-DOCS_HEADER = """# Benchmarks
-
-Measured figures, not assertions: each section is written by the benchmark script it names
-and rewritten (only that section) each time the script runs.
-
-"""
 
 
 # --- corpus ------------------------------------------------------------------------------------
@@ -142,7 +137,7 @@ def build_corpus(work: Path, want: int) -> tuple[Path, int, float]:
     if todo:
         import multiprocessing
 
-        procs = min(len(todo), _nproc())
+        procs = min(len(todo), common.nproc())
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(procs, initializer=_load_sources, initargs=(sources,)) as pool:
             done = 0
@@ -213,28 +208,11 @@ def baseline(corpus: str, out: str) -> int:
 # --- measuring a subprocess --------------------------------------------------------------------
 
 
-def _tree_sample(proc: Any, cpu: dict[int, float]) -> int:
-    """Summed RSS of ``proc`` and its descendants; records each one's CPU seconds so far in ``cpu``."""
-    import psutil
-
-    total = 0
-    try:
-        family = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in family:
-        with contextlib.suppress(psutil.Error), p.oneshot():
-            total += p.memory_info().rss
-            t = p.cpu_times()
-            cpu[p.pid] = t.user + t.system
-    return total
-
-
 def measure(cmd: list[str]) -> dict[str, Any]:
     """Run ``cmd``; wall seconds, peak summed RSS of its process tree, exit status, output."""
     import psutil
 
-    busy0 = _busy_cpu_s()
+    busy0 = common.busy_cpu_s()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -246,7 +224,7 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     def sample() -> None:
         nonlocal peak, samples
         while not stop.is_set():
-            peak = max(peak, _tree_sample(ps, cpu))
+            peak = max(peak, common.tree_sample(ps, cpu))
             samples += 1
             stop.wait(0.1)
 
@@ -258,28 +236,9 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     sampler.join()
     # CPU seen at the last sample of each process (a process's last < 0.1 s can be missed).
     ours = sum(cpu.values())
-    foreign = max(0.0, _busy_cpu_s() - busy0 - ours)
+    foreign = max(0.0, common.busy_cpu_s() - busy0 - ours)
     return {"cmd": cmd, "rc": proc.returncode, "wall": wall, "peak_mib": peak / 2**20,
             "samples": samples, "stdout": out, "stderr": err, "cpu_s": ours, "foreign_cpu_s": foreign}
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-
-def wait_for_idle(max_wait: float, threshold: float = 10.0) -> float:
-    """Wait until the machine is nearly idle (other work would skew the figures); seconds waited."""
-    import psutil
-
-    t0 = time.perf_counter()
-    quiet = 0
-    while quiet < 3 and time.perf_counter() - t0 < max_wait:  # three quiet seconds in a row
-        quiet = quiet + 1 if psutil.cpu_percent(interval=1.0) < threshold else 0
-    return time.perf_counter() - t0
 
 
 def _last_json(text: str) -> dict[str, Any]:
@@ -301,49 +260,23 @@ def _voxlake_cmd() -> list[str]:
 # --- the report --------------------------------------------------------------------------------
 
 
-def _nproc() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def machine() -> dict[str, Any]:
     import psutil
     import pyarrow
     import pydicom
 
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = bool(_git("status", "--porcelain", "--", "voxlake"))
+    commit = common.git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = bool(common.git("status", "--porcelain", "--", "voxlake"))
     return {
-        "nproc": _nproc(),
+        "nproc": common.nproc(),
         "ram_gib": psutil.virtual_memory().total / 2**30,
-        "cpu": _cpu_model(),
+        "cpu": common.cpu_model(),
         "python": platform.python_version(),
         "pydicom": pydicom.__version__,
         "pyarrow": pyarrow.__version__,
         "commit": commit + (" (with uncommitted changes under voxlake/)" if dirty else ""),
         "kernel": platform.release(),
     }
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None else f"{x:,.{digits}f}"
 
 
 def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
@@ -353,9 +286,9 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         fps = r["files"] / r["wall"] if r["ok"] else None
         speedup = fps / (base["files"] / base["wall"]) if base and fps else None
         rows.append([
-            r["label"], f"{r['files']:,}", _fmt(r["wall"]), _fmt(r.get("own_seconds")),
-            _fmt(fps), "—" if speedup is None else f"{speedup:.2f}x", _fmt(r["peak_mib"], 0),
-            _fmt(r["cpu_s"]), f"{r['foreign_share']:.0%}",
+            r["label"], f"{r['files']:,}", common.fmt(r["wall"]), common.fmt(r.get("own_seconds")),
+            common.fmt(fps), "—" if speedup is None else f"{speedup:.2f}x", common.fmt(r["peak_mib"], 0),
+            common.fmt(r["cpu_s"]), f"{r['foreign_share']:.0%}",
         ])
     return rows
 
@@ -407,10 +340,6 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]
     else:
         out.append((f"peak memory under 1 GiB ({TARGET_PEAK_MIB:.0f} MiB)", "not measured", None))
     return out
-
-
-def _met(m: bool | None) -> str:
-    return "not measured" if m is None else ("met" if m else "NOT met")
 
 
 def section(info: dict[str, Any], corpus: dict[str, Any], results: list[dict[str, Any]],
@@ -466,28 +395,13 @@ def section(info: dict[str, Any], corpus: dict[str, Any], results: list[dict[str
         "| target | measured | |",
         "|---|---|---|",
     ]
-    lines += [f"| {t} | {m} | {_met(ok)} |" for t, m, ok in targets(results)]
+    lines += [f"| {t} | {m} | {common.met(ok)} |" for t, m, ok in targets(results)]
     notes = [r for r in results if not r["ok"] or r.get("note")]
     if notes:
         lines += ["", "### Notes", ""]
         for r in notes:
             lines.append(f"- {r['label']}: {r.get('note') or 'failed'}")
     return "\n".join(lines) + "\n"
-
-
-def write_docs(path: Path, text: str) -> None:
-    """Replace the ``## Ingest`` section of ``path`` (up to the next ``## `` heading), or append it."""
-    old = path.read_text() if path.exists() else DOCS_HEADER
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -499,7 +413,7 @@ def run_contender(key: str, label: str, cmd: list[str], corpus: Path, files: int
         shutil.rmtree(lake, ignore_errors=True)
     os.sync()
     warm_s, _ = warm_cache(corpus)
-    waited = wait_for_idle(idle_wait)
+    waited = common.wait_for_idle(idle_wait)
     print(f"{label}: cache warmed in {warm_s:.1f} s"
           + (f", waited {waited:.0f} s for the machine to go idle" if waited >= 5 else "")
           + f"; running {' '.join(cmd)}", flush=True)
@@ -520,7 +434,7 @@ def run_contender(key: str, label: str, cmd: list[str], corpus: Path, files: int
     elif summary.get("indexed") != files:
         note = f"baseline indexed {summary.get('indexed')} of {files} (errors {summary.get('errors')})"
     # Other work on the machine during the run skews the figures: say how much there was.
-    foreign_share = m["foreign_cpu_s"] / (m["wall"] * _nproc())
+    foreign_share = m["foreign_cpu_s"] / (m["wall"] * common.nproc())
     result["foreign_share"] = foreign_share
     if foreign_share > FOREIGN_WARN:
         busy = (f"other processes kept the machine {foreign_share:.0%} busy during this run "
@@ -594,13 +508,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text_table(table_rows(results)))
     print()
     for t, m, ok in targets(results):
-        print(f"target: {t}: {m} — {_met(ok)}")
+        print(f"target: {t}: {m} — {common.met(ok)}")
     print(f"bench runtime: {total_s / 60:.1f} min")
     (work / "results.json").write_text(json.dumps(
         {"machine": info, "corpus": corpus_info, "results": results, "total_s": total_s},
         indent=2, default=str) + "\n")
     if not args.no_docs:
-        write_docs(DOCS, section(info, corpus_info, results, total_s))
+        common.write_section(DOCS, SECTION, section(info, corpus_info, results, total_s))
         print(f"wrote the {SECTION!r} section of {DOCS.relative_to(REPO)}")
     return 0
 

@@ -31,21 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import _common as common  # shared sampling, idle wait, machine facts, docs section
+
+REPO = common.REPO
 SHARED = REPO.parent / "shared" / "data"
 DEFAULT_SOURCES = (SHARED / "pancreatic-ct-cbct-seg_pyvista" / "series", SHARED / "pydicom" / "test_files")
 DEFAULT_WORK = REPO / "bench" / ".work" / "scale"
-DOCS = REPO / "docs" / "benchmarks.md"
+DOCS = common.DOCS
 SECTION = "## Synth scale"
 TARGET_FPS = 2000.0
 FOREIGN_WARN = 0.05  # share of the machine other processes may use during a run before it is noted
 
-DOCS_HEADER = """# Benchmarks
-
-Measured figures, not assertions: each section is written by the benchmark script it names
-and rewritten (only that section) each time the script runs.
-
-"""
 
 
 # --- the run, in its own process ------------------------------------------------------------------
@@ -80,38 +76,11 @@ def scale_run(out: str, source: str, instances: int, seed: int, workers: int | N
 # --- measuring ------------------------------------------------------------------------------------
 
 
-def _tree_sample(proc: Any, cpu: dict[int, float]) -> int:
-    """Summed RSS of ``proc`` and its descendants; records each one's CPU seconds so far in ``cpu``."""
-    import psutil
-
-    total = 0
-    try:
-        family = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    for p in family:
-        with contextlib.suppress(psutil.Error), p.oneshot():
-            total += p.memory_info().rss
-            t = p.cpu_times()
-            cpu[p.pid] = t.user + t.system
-    return total
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return (
-        sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-    )
-
-
 def measure(cmd: list[str]) -> dict[str, Any]:
     """Run ``cmd``; wall seconds, peak summed RSS of its process tree, CPU, exit status, output."""
     import psutil
 
-    busy0 = _busy_cpu_s()
+    busy0 = common.busy_cpu_s()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO)
     ps = psutil.Process(proc.pid)
@@ -122,7 +91,7 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, _tree_sample(ps, cpu))
+            peak = max(peak, common.tree_sample(ps, cpu))
             stop.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -132,7 +101,7 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     stop.set()
     sampler.join()
     ours = sum(cpu.values())
-    foreign = max(0.0, _busy_cpu_s() - busy0 - ours)
+    foreign = max(0.0, common.busy_cpu_s() - busy0 - ours)
     return {
         "rc": proc.returncode,
         "wall": wall,
@@ -141,17 +110,6 @@ def measure(cmd: list[str]) -> dict[str, Any]:
         "cpu_s": ours,
         "foreign_cpu_s": foreign,
     }
-
-
-def wait_for_idle(max_wait: float, threshold: float = 10.0) -> float:
-    """Wait until the machine is nearly idle (other work would skew the figures); seconds waited."""
-    import psutil
-
-    t0 = time.perf_counter()
-    quiet = 0
-    while quiet < 3 and time.perf_counter() - t0 < max_wait:  # three quiet seconds in a row
-        quiet = quiet + 1 if psutil.cpu_percent(interval=1.0) < threshold else 0
-    return time.perf_counter() - t0
 
 
 def disk_usage(folder: Path) -> tuple[int, int, int]:
@@ -171,35 +129,12 @@ def disk_usage(folder: Path) -> tuple[int, int, int]:
     return files, size, allocated
 
 
-def _nproc() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def machine(work: Path) -> dict[str, Any]:
     import psutil
     import pydicom
 
-    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = bool(_git("status", "--porcelain", "--", "voxlake"))
+    commit = common.git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = bool(common.git("status", "--porcelain", "--", "voxlake"))
     fs = "unknown"
     with contextlib.suppress(OSError):
         best = ""
@@ -207,9 +142,9 @@ def machine(work: Path) -> dict[str, Any]:
             if str(work).startswith(part.mountpoint) and len(part.mountpoint) > len(best):
                 best, fs = part.mountpoint, part.fstype
     return {
-        "nproc": _nproc(),
+        "nproc": common.nproc(),
         "ram_gib": psutil.virtual_memory().total / 2**30,
-        "cpu": _cpu_model(),
+        "cpu": common.cpu_model(),
         "python": platform.python_version(),
         "pydicom": pydicom.__version__,
         "commit": commit + (" (with uncommitted changes under voxlake/)" if dirty else ""),
@@ -287,21 +222,6 @@ def section(info: dict[str, Any], run: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Replace the ``## Synth scale`` section of ``path`` (up to the next ``## `` heading), or append it."""
-    old = path.read_text() if path.exists() else DOCS_HEADER
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-
-
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -361,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if free < need * 1.5:
         sys.exit(f"synth_scale_bench: not enough free disk under {work} for {args.instances:,} files")
     os.sync()
-    waited = wait_for_idle(args.idle_wait)
+    waited = common.wait_for_idle(args.idle_wait)
     workers = "default" if args.workers is None else str(args.workers)
     cmd = [
         sys.executable,
@@ -389,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     note = ""
     if files != result["files"] or files != args.instances:
         note = f"found {files:,} files on disk; generate_scale reported {result['files']:,}"
-    foreign_share = m["foreign_cpu_s"] / (m["wall"] * _nproc())
+    foreign_share = m["foreign_cpu_s"] / (m["wall"] * common.nproc())
     if foreign_share > FOREIGN_WARN:
         busy = (
             f"other processes kept the machine {foreign_share:.0%} busy during the run "
@@ -423,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     (work / "results.json").write_text(json.dumps({"machine": info, **run}, indent=2, default=str) + "\n")
     if not args.no_docs:
-        write_docs(DOCS, section(info, run))
+        common.write_section(DOCS, SECTION, section(info, run))
         print(f"wrote the {SECTION!r} section of {DOCS.relative_to(REPO)}")
     return 0
 
