@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
+from voxlake._signals import stop_on_signals
 from voxlake.errors import InvalidArgumentError, MissingExtraError
 from voxlake.ingest.run import IngestSummary, committed_states, ingest_units
 from voxlake.ingest.sources import Unit, list_units
@@ -96,7 +95,7 @@ def watch(
     poller = _Poller(lake, source, settle=settle, partial_settle=partial_settle)
     failures = 0
     try:
-        with _stop_on_sigint(stop):
+        with stop_on_signals(stop, message="stopping after the current run"):
             while not stop.is_set():
                 started = time.monotonic()
                 ready = poller.poll()
@@ -306,29 +305,3 @@ def _looks_whole(unit: Unit) -> bool:
             return not header.partial
     except Exception:  # vanished, unreadable right now: ask again at the next poll
         return False
-
-
-@contextmanager
-def _stop_on_sigint(stop: threading.Event) -> Iterator[None]:
-    """While watching in the main thread, the first Ctrl-C (or SIGTERM, as a service manager
-    sends) sets ``stop``: the current run ends and commits; a second Ctrl-C raises
-    KeyboardInterrupt. Handlers someone else installed are left alone."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("%s: stopping after the current run", signal.Signals(signum).name)
-        stop.set()
-
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-    previous = {
-        sig: signal.signal(sig, handler) for sig, default in defaults.items() if signal.getsignal(sig) is default
-    }
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

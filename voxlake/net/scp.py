@@ -46,7 +46,6 @@ import io
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -239,11 +238,14 @@ class DimseServer:
 
     def wait(self) -> None:
         """Block until SIGINT or SIGTERM (main thread only), then stop."""
+        from voxlake._signals import stop_on_signals
+
         done = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
-        done.wait()
-        self.stop()
+        try:
+            with stop_on_signals(done, message="stopping", only_defaults=False):
+                done.wait()
+        finally:
+            self.stop()
 
     def __enter__(self) -> DimseServer:
         return self.start()
