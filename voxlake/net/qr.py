@@ -19,7 +19,6 @@ count the matching instances only; hierarchical queries as the standard defines 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,8 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from voxlake.errors import VoxlakeError
-from voxlake.lake.schema import PROMOTED
+from voxlake.lake import matching
 
 
 class Level(StrEnum):
@@ -90,15 +88,14 @@ _AGGREGATES: dict[Level, dict[str, str]] = {
     Level.IMAGE: {},
 }
 
-_KIND = {name: kind for name, _tag, kind in PROMOTED}
-_WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
-_INT_VRS = {"US", "UL", "SS", "SL", "UV", "SV", "IS"}
-_FLOAT_VRS = {"FL", "FD", "DS"}
+_KIND = matching.KIND
+_INT_VRS = matching.INT_VRS
+_FLOAT_VRS = matching.FLOAT_VRS
 #: Not matched and not returned: the identifier's own control attributes.
 _CONTROL = {Tag("QueryRetrieveLevel"), Tag("SpecificCharacterSet"), Tag("RetrieveAETitle")}
 
 
-class IdentifierError(VoxlakeError):
+class IdentifierError(matching.MatchError):
     """The identifier does not fit the information model (C-FIND/C-MOVE/C-GET status 0xA900)."""
 
 
@@ -110,6 +107,12 @@ class Query:
     params: list[Any]
     level: Level
     returns: list[tuple[int, str, str]] = field(default_factory=list)  # (tag, VR, column alias)
+
+    @property
+    def uses_header(self) -> bool:
+        """True when a key is matched or returned from ``meta`` (not a promoted column): such a
+        query needs the lake's full ``instances`` view, not the catalog."""
+        return "dicom_tag(meta" in self.sql
 
 
 def model_for(sop_class_uid: str) -> Model:
@@ -180,7 +183,7 @@ def build_find(identifier: Dataset, model: Model) -> Query:
         expr = _column(keyword, tag)
         selects.append(f"any_value({expr}) AS {alias}")
         returns.append((tag, vr, alias))
-        condition = _condition(expr, _kind(keyword), vr, elem)
+        condition = matching.condition(expr, _kind(keyword), vr, _text_values(elem))
         if condition is not None:
             where.append(condition[0])
             params.extend(condition[1])
@@ -203,7 +206,11 @@ def build_find(identifier: Dataset, model: Model) -> Query:
 
 def find(con: Any, identifier: Dataset, model: Model, *, ae_title: str) -> Iterator[Dataset]:
     """The C-FIND responses' identifiers for ``identifier``, one per matching entity."""
-    query = build_find(identifier, model)
+    return responses(con, build_find(identifier, model), ae_title=ae_title)
+
+
+def responses(con: Any, query: Query, *, ae_title: str) -> Iterator[Dataset]:
+    """Run ``query`` on ``con`` (the lake's views or a catalog cursor): one identifier per row."""
     cursor = con.execute(query.sql, query.params)
     names = [d[0] for d in cursor.description]
     while rows := cursor.fetchmany(256):
@@ -292,105 +299,6 @@ def _text_values(elem: Any) -> list[str]:
         if text:
             out.append(text)
     return out
-
-
-def _condition(expr: str, kind: str, vr: str, elem: Any) -> tuple[str, list[Any]] | None:
-    """The SQL predicate of one matching key, or None for universal matching."""
-    values = _text_values(elem)
-    if not values or values == ["*"]:
-        return None
-    parts: list[tuple[str, list[Any]]] = []
-    if vr == "UI":
-        return f"{expr} IN ({', '.join('?' * len(values))})", values
-    for value in values:  # several values of another VR: any of them (lenient)
-        if vr in ("DA", "TM", "DT"):
-            parts.append(_range(expr, kind, vr, value))
-        elif vr in _WILDCARD_VRS and ("*" in value or "?" in value):
-            pattern = re.sub(r"([%_\\])", r"\\\1", value).replace("*", "%").replace("?", "_")
-            if vr == "PN":
-                parts.append((f"lower({expr}) LIKE lower(?) ESCAPE '\\'", [_person_name(pattern)]))
-            else:
-                parts.append((f"{expr} LIKE ? ESCAPE '\\'", [pattern]))
-        elif vr == "PN":
-            parts.append((f"lower({expr}) = lower(?)", [_person_name(value)]))
-        elif kind in ("int", "float") or vr in _INT_VRS | _FLOAT_VRS:
-            try:
-                number = float(value)
-            except ValueError:
-                raise IdentifierError(f"{value!r} is not a number ({vr})") from None
-            parts.append((f"TRY_CAST({expr} AS DOUBLE) = ?", [number]))
-        else:
-            parts.append((f"{expr} = ?", [value]))
-    if len(parts) == 1:
-        return parts[0]
-    return "(" + " OR ".join(p[0] for p in parts) + ")", [x for p in parts for x in p[1]]
-
-
-def _person_name(value: str) -> str:
-    """The Alphabetic group without trailing empty components, as the column holds it."""
-    return value.split("=")[0].rstrip("^ ")
-
-
-def _range(expr: str, kind: str, vr: str, value: str) -> tuple[str, list[Any]]:
-    """Range matching (C.2.2.2.5), a single value being the range from itself to itself."""
-    low, sep, high = value.partition("-")
-    if vr == "DT" and sep and re.fullmatch(r"[0-9.]+[+-][0-9]{4}", value):
-        low, sep, high = value, "", ""  # the '-' of a UTC offset, not a range
-    if not sep:
-        high = low
-    if not low and not high:
-        raise IdentifierError(f"{value!r} is not a {vr} range")
-    where, params = [], []
-    if kind == "date":
-        if low:
-            where.append(f"{expr} >= ?")
-            params.append(_date(low))
-        if high:
-            where.append(f"{expr} <= ?")
-            params.append(_date(high, upper=True))
-        return " AND ".join(where), params
-    # Text (TM columns 'HH:MM:SS.ffffff', or DICOM text from meta): the upper bound includes every
-    # value it is a prefix of, so '1200' includes '120059.9'.
-    norm = _time_column if kind == "time" else _compact
-    if low:
-        where.append(f"{expr} >= ?")
-        params.append(norm(low, vr))
-    if high:
-        bound = norm(high, vr)
-        where.append(f"substr({expr}, 1, {len(bound)}) <= ?")
-        params.append(bound)
-    return " AND ".join(where), params
-
-
-def _compact(value: str, vr: str) -> str:
-    text = value.replace(":", "") if vr == "TM" else value
-    text = text.replace(".", "") if vr == "DA" else text
-    if not re.fullmatch(r"[0-9.+-]+", text):
-        raise IdentifierError(f"{value!r} is not a {vr} value")
-    return text
-
-
-def _time_column(value: str, vr: str) -> str:
-    """A TM query value in the promoted column's 'HH:MM:SS.ffffff' form."""
-    text = _compact(value, "TM")
-    m = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?", text)
-    if not m:
-        raise IdentifierError(f"{value!r} is not a TM value")
-    return ":".join(g for g in m.groups()[:3] if g) + (m.group(4) or "")
-
-
-def _date(value: str, *, upper: bool = False) -> dt.date:
-    """A DA bound; a year or a month alone (a common extension) covers all of it."""
-    text = value.replace(".", "")  # ACR-NEMA YYYY.MM.DD
-    try:
-        if len(text) == 4:
-            return dt.date(int(text), 12, 31) if upper else dt.date(int(text), 1, 1)
-        if len(text) == 6:
-            first = dt.date(int(text[:4]), int(text[4:]), 1)
-            return (first + dt.timedelta(days=31)).replace(day=1) - dt.timedelta(days=1) if upper else first
-        return dt.datetime.strptime(text, "%Y%m%d").date()
-    except ValueError:
-        raise IdentifierError(f"{value!r} is not a DA value (YYYYMMDD)") from None
 
 
 # -- responses ----------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ from pynetdicom.sop_class import (
 
 from voxlake.errors import InvalidArgumentError
 from voxlake.lake import storage
+from voxlake.lake.catalog import Catalog
+from voxlake.lake.matching import MatchError
 from voxlake.net import qr
 from voxlake.net.store import LandingArea
 
@@ -178,6 +180,9 @@ class DimseServer:
         # Lakes (each with its DuckDB connection) lent to one request at a time: a connection is not
         # thread-safe, and opening one per association would cost more than the query.
         self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # C-FIND, C-MOVE and C-GET read the catalog (milliseconds); only keys that are not promoted
+        # columns need the lake's own views.
+        self.catalog = Catalog(lake.uri)
 
     def _make_ae(self, max_associations: int) -> AE:
         ae = AE(ae_title=self.ae_title)
@@ -301,15 +306,16 @@ class DimseServer:
         try:
             identifier = event.identifier
             model = qr.model_for(event.request.AffectedSOPClassUID)
-            with self._reader() as con:
-                matches = [] if con is None else qr.find(con, identifier, model, ae_title=self.ae_title)
+            query = qr.build_find(identifier, model)
+            with self._query_connection(query.uses_header) as con:
+                matches = [] if con is None else qr.responses(con, query, ae_title=self.ae_title)
                 for ds in matches:
                     if event.is_cancelled:
                         yield CANCEL, None
                         return
                     n += 1
                     yield PENDING, ds
-        except qr.IdentifierError as exc:
+        except MatchError as exc:
             yield _failure(event, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
             return
         except Exception as exc:
@@ -358,9 +364,9 @@ class DimseServer:
     def _retrieve(self, event: Any) -> list[qr.Match]:
         try:
             model = qr.model_for(event.request.AffectedSOPClassUID)
-            with self._reader() as con:
+            with self._query_connection(False) as con:
                 return [] if con is None else qr.retrieve(con, event.identifier, model)
-        except qr.IdentifierError as exc:
+        except MatchError as exc:
             raise _RetrieveFailed(_failure(event, IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))) from exc
         except Exception as exc:
             log.exception("retrieve for %s failed", event.assoc.requestor.ae_title)
@@ -386,6 +392,16 @@ class DimseServer:
                 continue
             yield PENDING, dataset
         yield SUCCESS, None
+
+    @contextlib.contextmanager
+    def _query_connection(self, header: bool) -> Iterator[Any]:
+        """The catalog (brought up to date), or with ``header`` the lake's own views."""
+        if header:
+            with self._reader() as con:
+                yield con
+            return
+        self.catalog.refresh()
+        yield self.catalog.cursor()
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[Any]:
@@ -465,6 +481,10 @@ class DimseServer:
                 everything = False
             except Exception:
                 log.exception("commit failed; retrying in %.1f s", self.commit_interval)
+            try:
+                self.catalog.refresh()  # so that queries after a commit rarely wait for it
+            except Exception:
+                log.exception("catalog refresh failed; queries will retry it")
             if stopping:
                 return
 
