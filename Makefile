@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-10)
 DEMO_LAKE ?= demo-lake
 
-.PHONY: install demo test lint bench java dicom-tools clean
+.PHONY: install demo test lint bench java dicom-tools viewer clean
 
 install: $(STAMP)
 
@@ -29,19 +29,35 @@ dicom-tools:
 		echo "installing dicom3tools, dcmtk and orthanc"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dicom3tools dcmtk orthanc; }
 
+# The OHIF viewer (prebuilt, from npm; pinned) and what the browser tests and the viewer benchmark
+# need: Debian's chromium (driven by Playwright, never `playwright install`) and Orthanc's DICOMweb
+# plugin as the peer to compare with.
+OHIF_VERSION := 3.13.2
+OHIF_DIR := .cache/ohif-$(OHIF_VERSION)
+
+viewer: $(OHIF_DIR)/dist/index.html
+	@command -v chromium >/dev/null 2>&1 && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+		echo "installing chromium and orthanc-dicomweb"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium orthanc-dicomweb; }
+
+$(OHIF_DIR)/dist/index.html:
+	rm -rf $(OHIF_DIR) && mkdir -p $(OHIF_DIR)
+	cd $(OHIF_DIR) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null && tar -xzf ohif-app-$(OHIF_VERSION).tgz && mv package/dist dist && rm -rf package ohif-app-$(OHIF_VERSION).tgz
+	@test -f $@
+
 demo: install
 	$(PY) -m voxlake.demo --lake $(DEMO_LAKE)
 
 lint: install
 	$(PY) -m ruff check voxlake tests bench scripts
 
-test: install java dicom-tools lint
+test: install java dicom-tools viewer lint
 	$(PY) -m pytest
 
-bench: install java dicom-tools
+bench: install java dicom-tools viewer
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/synth_scale_bench.py
 	$(PY) bench/dimse_bench.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work
+	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work .cache
