@@ -24,7 +24,7 @@ import pytest
 
 import voxlake
 from voxlake.net import DimseServer, Peer, load_peers
-from voxlake.net.store import LandingArea
+from voxlake.net.store import LOCK_NAME, LandingArea
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CT_SERIES = DATA / "pancreatic-ct-cbct-seg_pyvista" / "series"
@@ -130,7 +130,8 @@ def send_file_as_is(port: int, path: Path, aet: str) -> Any:
 
 def landed_files(server: DimseServer) -> list[Path]:
     root = server.landing.root
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    files = root.rglob("*") if root.exists() else []
+    return [p for p in files if p.is_file() and p.name != LOCK_NAME]  # the lock is not an instance
 
 
 def dataset_bytes(path: Path) -> bytes:

@@ -442,7 +442,7 @@ class DimseServer:
         from voxlake.ingest.run import ingest_units
         from voxlake.ingest.sources import Unit, list_units
 
-        with self._commit_lock:
+        with self._commit_lock, self.landing.lock():
             with self._pending_lock:
                 paths, self._pending = self._pending, []
             try:

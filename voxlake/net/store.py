@@ -10,10 +10,19 @@ The lake keeps versions, so different bytes under a known SOP Instance UID land 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: The lock file of :meth:`LandingArea.lock` (hidden: ``list_units`` leaves it out).
+LOCK_NAME = ".landing.lock"
 
 #: PS3.5 9.1: digits and dots, at most 64 characters. Anything else could escape the landing area.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -28,6 +37,25 @@ class LandingArea:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive committing (and, for STOW-RS, landing-and-committing) across threads and
+        processes: ``flock``, each acquisition on its own file description. Without it, the DIMSE
+        committer's start-up pass and a STOW-RS request could index the same landed file twice."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            # An unusable landing area fails each store anyway; no lock is needed to find that out.
+            log.error("cannot open the landing lock in %s: %s", self.root, exc)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def folder(self, study_uid: str, series_uid: str) -> Path:
         return self.root / study_uid / series_uid
