@@ -1,0 +1,352 @@
+"""De-identify files, folders and lakes; write the research lake, its ``deid_audit`` table, and
+(only when asked, outside the research lake) the re-identification mapping.
+
+A file that cannot be read, or that may carry burned-in text while pixel cleaning is not available,
+is reported and left out: nothing reaches the output un-de-identified.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voxlake.deid.errors import DeidentificationError
+from voxlake.deid.keys import Secret
+from voxlake.deid.profile import Option, Profile
+from voxlake.errors import InvalidArgumentError
+
+__all__ = ["DeidSummary", "FileOutcome", "deidentify_file", "deidentify_files", "deidentify_lake"]
+
+AUDIT_TABLE = "deid_audit"
+# Objects whose pixels usually hold text even when Burned In Annotation is absent.
+_TEXT_IN_PIXELS_MODALITIES = frozenset({"US", "SC", "OT", "XC", "ES", "GM", "SM", "DOC"})
+
+
+@dataclass(frozen=True, slots=True)
+class FileOutcome:
+    """What happened to one source instance. ``status`` is ``written``, ``excluded`` (left out on
+    purpose, see ``reason``), ``skipped`` (not DICOM) or ``error`` (unreadable)."""
+
+    source: str
+    status: str
+    reason: str = ""
+    dest: str = ""
+    source_fingerprint: str = ""
+    SOPInstanceUID: str = ""
+    StudyInstanceUID: str = ""
+    SeriesInstanceUID: str = ""
+    audit: tuple[tuple[str, str, str], ...] = ()
+    mapping: tuple[tuple[str, str, str], ...] = ()  # (kind, original, replacement), only when asked
+
+
+@dataclass(slots=True)
+class DeidSummary:
+    """A run's counts; ``outcomes`` has every file."""
+
+    run_id: str
+    out: str
+    files: int = 0
+    written: int = 0
+    excluded: int = 0
+    skipped: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    ingested: int = 0
+    outcomes: list[FileOutcome] = field(default_factory=list)
+
+    def add(self, outcome: FileOutcome) -> None:
+        self.outcomes.append(outcome)
+        self.files += 1
+        if outcome.status == "written":
+            self.written += 1
+        elif outcome.status == "excluded":
+            self.excluded += 1
+        elif outcome.status == "skipped":
+            self.skipped += 1
+        else:
+            self.errors += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "out": self.out, "files": self.files, "written": self.written,
+            "excluded": self.excluded, "skipped": self.skipped, "errors": self.errors, "ingested": self.ingested,
+            "seconds": round(self.seconds, 3),
+            "files_per_second": round(self.files / self.seconds, 1) if self.seconds > 0 else None,
+            "problems": [{"source": o.source, "status": o.status, "reason": o.reason}
+                         for o in self.outcomes if o.status not in ("written", "skipped")],
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a worker needs; picklable, so Spark executors or processes rebuild the same
+    de-identifier from it (no shared state)."""
+
+    options: tuple[str, ...]
+    recipe: Any
+    secret: Secret
+    allow_burned_in: bool
+    with_mapping: bool
+
+    def deidentifier(self) -> Any:
+        from voxlake.deid.header import Deidentifier
+
+        return Deidentifier(Profile(self.options, recipe=self.recipe), self.secret)
+
+
+def _profile(profile: str, options: Iterable[str | Option], recipe: Any) -> Profile:
+    if str(profile).lower() != "basic":
+        raise InvalidArgumentError(f"profile must be one of basic; got {profile!r}")
+    p = Profile(options, recipe=recipe)
+    unsupported = p.options & {Option.CLEAN_PIXEL_DATA, Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES}
+    if unsupported:
+        raise DeidentificationError(
+            f"{', '.join(sorted(o.value for o in unsupported))}: pixel cleaning is not available yet; "
+            "files that may hold burned-in text are left out instead"
+        )
+    return p
+
+
+def _read_recipe(recipe: Any) -> Any:
+    from voxlake.deid.profile import Recipe
+
+    if recipe is None or isinstance(recipe, Recipe):
+        return recipe
+    return Recipe.read(recipe)
+
+
+def _burned_in_reason(ds: Any) -> str:
+    flag = str(ds.get("BurnedInAnnotation", "") or "").upper()
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        return ""
+    if flag == "YES":
+        return "Burned In Annotation is YES and pixel cleaning is not available yet"
+    if flag != "NO" and str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.7"):
+        return ("Secondary Capture images usually hold burned-in text (Burned In Annotation not NO) "
+                "and pixel cleaning is not available yet")
+    if flag != "NO" and str(ds.get("Modality", "")) in _TEXT_IN_PIXELS_MODALITIES:
+        return (f"{ds.get('Modality')} images usually hold burned-in text (Burned In Annotation not NO) "
+                "and pixel cleaning is not available yet")
+    return ""
+
+
+def _open(uri: str) -> Any:
+    if "://" in uri:
+        import fsspec
+
+        return fsspec.open(uri, "rb").open()
+    return open(uri, "rb")
+
+
+def _one(job: _Job, source: str, dest: str | None, out_root: str | None) -> FileOutcome:
+    """De-identify one file; never raises for a bad file."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with _open(source) as f:
+            ds = pydicom.dcmread(f, force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        return FileOutcome(source, "error", f"{type(exc).__name__}: {message}")
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        if getattr(ds, "preamble", None) is None and not ds.file_meta:
+            return FileOutcome(source, "skipped", "not DICOM")
+        return FileOutcome(source, "error", "not a DICOM composite instance (no SOP Class or Instance UID)")
+    d = job.deidentifier()
+    fingerprint = d.secret.fingerprint(str(ds.SOPInstanceUID))
+    if not job.allow_burned_in:
+        reason = _burned_in_reason(ds)
+        if reason:
+            return FileOutcome(source, "excluded", reason, source_fingerprint=fingerprint)
+    original = {k: str(ds.get(k, "") or "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                                                      "SOPInstanceUID")}
+    try:
+        result = d.deidentify(ds, copy_dataset=False)
+    except Exception as exc:  # one malformed element must not stop the batch, nor pass through
+        return FileOutcome(source, "error", f"{type(exc).__name__}: {exc}", source_fingerprint=fingerprint)
+    out = result.dataset
+    study, series, sop = (str(out.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                             "SOPInstanceUID"))
+    if dest is None:
+        assert out_root is not None
+        dest = os.path.join(out_root, study or "unknown", series or "unknown", f"{sop}.dcm")
+    try:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
+        out.save_as(tmp, enforce_file_format="TransferSyntaxUID" in out.file_meta)
+        os.replace(tmp, dest)
+    except Exception as exc:
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+        return FileOutcome(source, "error", f"cannot write {dest}: {type(exc).__name__}: {exc}",
+                           source_fingerprint=fingerprint)
+    mapping: tuple[tuple[str, str, str], ...] = ()
+    if job.with_mapping:
+        new = {"PatientID": str(out.get("PatientID", "") or ""), "StudyInstanceUID": study,
+               "SeriesInstanceUID": series, "SOPInstanceUID": sop}
+        mapping = tuple((k, original[k], new[k]) for k in original if original[k])
+    return FileOutcome(source, "written", "", dest, fingerprint, sop, study, series,
+                       tuple((e.path, e.tag, e.action) for e in result.audit), mapping)
+
+
+def _run_all(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], workers: int,
+             progress: Callable[[int], None] | None) -> Iterator[FileOutcome]:
+    if workers <= 1 or len(tasks) < 2:
+        for t in tasks:
+            yield _one(job, *t)
+            if progress is not None:
+                progress(1)
+        return
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        chunk = max(1, min(64, len(tasks) // (workers * 4)))
+        for outcome in pool.map(_one_star, ((job, *t) for t in tasks), chunksize=chunk):
+            yield outcome
+            if progress is not None:
+                progress(1)
+
+
+def _one_star(args: tuple[Any, ...]) -> FileOutcome:
+    return _one(*args)
+
+
+def _job(profile: str, options: Iterable[str | Option], recipe: Any, secret: Secret | str | Path | None,
+         allow_burned_in: bool, with_mapping: bool) -> _Job:
+    recipe = _read_recipe(recipe)
+    p = _profile(profile, options, recipe)
+    key = secret if isinstance(secret, Secret) else Secret.read(secret)
+    return _Job(tuple(sorted(o.value for o in p.options)), recipe, key, allow_burned_in, with_mapping)
+
+
+def deidentify_file(src: str | Path, dst: str | Path, *, secret: Secret | str | Path | None,
+                    profile: str = "basic", options: Iterable[str | Option] = (), recipe: Any = None,
+                    allow_burned_in: bool = False) -> FileOutcome:
+    """De-identify one file into ``dst``. Returns the outcome (``status`` ``error`` / ``excluded``
+    with the reason when nothing was written)."""
+    job = _job(profile, options, recipe, secret, allow_burned_in, False)
+    return _one(job, str(src), str(dst), None)
+
+
+def _list_files(src: Path) -> list[str]:
+    if src.is_file():
+        return [str(src)]
+    if not src.is_dir():
+        raise InvalidArgumentError(f"no such file or folder: {src}")
+    return sorted(str(p) for p in src.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+
+
+def deidentify_files(src: str | Path, out_dir: str | Path, *, secret: Secret | str | Path | None,
+                     profile: str = "basic", options: Iterable[str | Option] = (), recipe: Any = None,
+                     allow_burned_in: bool = False, workers: int = 1,
+                     progress: Callable[[int], None] | None = None,
+                     on_start: Callable[[int], None] | None = None) -> DeidSummary:
+    """De-identify every file under ``src`` (a file or a folder) into
+    ``out_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with the new UIDs
+    (source names may hold PHI, so none is reused). Files that are not DICOM count as errors."""
+    job = _job(profile, options, recipe, secret, allow_burned_in, False)
+    files = _list_files(Path(src))
+    if on_start is not None:
+        on_start(len(files))
+    summary = DeidSummary(uuid.uuid4().hex, str(out_dir))
+    start = time.perf_counter()
+    for outcome in _run_all(job, [(f, None, str(out_dir)) for f in files], workers, progress):
+        summary.add(outcome)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _inside(path: Path, root: Path) -> bool:
+    path, root = path.resolve(), root.resolve()
+    return path == root or root in path.parents
+
+
+def deidentify_lake(source: Any, out: str | Path, *, where: str = "TRUE", secret: Secret | str | Path | None,
+                    profile: str = "basic", options: Iterable[str | Option] = (), recipe: Any = None,
+                    allow_burned_in: bool = False, mapping: str | Path | None = None, workers: int = 1,
+                    progress: Callable[[int], None] | None = None,
+                    on_start: Callable[[int], None] | None = None) -> DeidSummary:
+    """De-identify the instances of the lake ``source`` (a :class:`voxlake.Lake` or its URI) that
+    match the SQL condition ``where`` into the research lake ``out``: files under ``out/dicom/``,
+    ingested into ``out``'s tables, and one ``deid_audit`` row per source instance. ``mapping``
+    (a Parquet path outside ``out``) receives original → new identifiers for authorised
+    re-identification; it is written only when given."""
+    import voxlake
+
+    out_path = Path(out)
+    if mapping is not None and _inside(Path(mapping), out_path):
+        raise InvalidArgumentError(f"the mapping table must be outside the research lake {out_path}; "
+                                   f"got {mapping}")
+    job = _job(profile, options, recipe, secret, allow_burned_in, mapping is not None)
+    lake = source if hasattr(source, "sql") else voxlake.open(str(source))
+    if _inside(out_path, Path(lake.uri)) if "://" not in lake.uri else False:
+        raise InvalidArgumentError(f"the research lake must be outside the source lake {lake.uri}")
+    rows = lake.sql(f"SELECT uri, sha256 FROM instances WHERE {where} ORDER BY uri").fetchall()
+    if on_start is not None:
+        on_start(len(rows))
+    landing = out_path / "dicom"
+    summary = DeidSummary(uuid.uuid4().hex, str(out_path))
+    start = time.perf_counter()
+    sha = {uri: digest for uri, digest in rows}
+    for outcome in _run_all(job, [(uri, None, str(landing)) for uri, _ in rows], workers, progress):
+        summary.add(outcome)
+    if summary.written:
+        ingest = voxlake.open(str(out_path)).ingest(str(landing), workers=0 if workers <= 1 else workers)
+        summary.ingested = ingest.indexed
+    _write_audit(out_path, summary, job, sha)
+    if mapping is not None:
+        _write_mapping(Path(mapping), summary)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _write_audit(out: Path, summary: DeidSummary, job: _Job, sha: dict[str, str]) -> None:
+    """Append the run's rows to ``out/deid_audit`` (Delta). No PHI: the source is named by its
+    file's SHA-256 (as in the source lake's ``instances.sha256``) and a keyed fingerprint of its SOP
+    Instance UID."""
+    import datetime as dt
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    action = pa.struct([("path", pa.string()), ("tag", pa.string()), ("action", pa.string())])
+    schema = pa.schema([
+        ("run_id", pa.string()), ("source_sha256", pa.string()), ("source_fingerprint", pa.string()),
+        ("status", pa.string()), ("reason", pa.string()), ("uri", pa.string()),
+        ("SOPInstanceUID", pa.string()), ("SeriesInstanceUID", pa.string()), ("StudyInstanceUID", pa.string()),
+        ("profile", pa.string()), ("actions", pa.list_(action)),
+        ("deidentified_at", pa.timestamp("us", tz="UTC")),
+    ])
+    now = dt.datetime.now(dt.UTC)
+    profile = ",".join(("basic", *job.options))
+    rows = [{
+        "run_id": summary.run_id, "source_sha256": sha.get(o.source), "source_fingerprint": o.source_fingerprint,
+        "status": o.status, "reason": o.reason, "uri": o.dest or None,
+        "SOPInstanceUID": o.SOPInstanceUID or None, "SeriesInstanceUID": o.SeriesInstanceUID or None,
+        "StudyInstanceUID": o.StudyInstanceUID or None, "profile": profile,
+        "actions": [{"path": p, "tag": t, "action": a} for p, t, a in o.audit], "deidentified_at": now,
+    } for o in summary.outcomes]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    write_deltalake(str(out / AUDIT_TABLE), table, mode="append")
+
+
+def _write_mapping(path: Path, summary: DeidSummary) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seen: dict[tuple[str, str], str] = {}
+    for o in summary.outcomes:
+        for kind, original, new in o.mapping:
+            seen[(kind, original)] = new
+    table = pa.table({
+        "kind": [k for k, _ in seen], "original": [v for _, v in seen], "deidentified": list(seen.values()),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
