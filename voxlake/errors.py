@@ -10,6 +10,7 @@
     ├── QueryError              SQL that DuckDB (or a voxlake macro) rejects
     ├── AssociationError        a DICOM peer unreachable, or it rejected or aborted the association
     ├── DimseStatusError        a DICOM peer answered with a failure status
+    ├── FrameError              a frame or bulk data range that cannot be read or decoded
     ├── InvalidArgumentError    a wrong option value; the message lists the valid ones
     └── MissingExtraError       an optional part (Spark, S3) that is not installed
 
@@ -37,6 +38,12 @@ class LakeNotFoundError(VoxlakeError):
 
 class SourceError(VoxlakeError):
     """A source cannot be listed or opened."""
+
+
+class FrameError(VoxlakeError):
+    """A frame (or bulk data range) of an indexed instance cannot be served: a frame number out of
+    range, Pixel Data that cannot be located or decoded, a transfer syntax that cannot be produced.
+    The message names the instance and the frame."""
 
 
 class InvalidArgumentError(VoxlakeError, ValueError):

@@ -151,6 +151,24 @@ def test_push_falls_back_to_explicit_vr_little_endian_only_when_the_peer_refuses
     assert (sent.pixel_array == pydicom.dcmread(RLE_FILE).pixel_array).all()
 
 
+def test_push_sends_instances_that_live_inside_a_zip_archive(tmp_path: Path, storescp: StoreSCP) -> None:
+    import zipfile
+
+    slices = sorted(need(CT_SERIES).glob("*.dcm"))[:3]
+    with zipfile.ZipFile(tmp_path / "study.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in slices:
+            zf.write(f, f"nested/{f.name}")
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(tmp_path / "study.zip"), workers=0)
+    assert all(uri.startswith("zip://") for _sop, uri in lake_rows(lake, "TRUE"))
+
+    result = push(lake, storescp.peer, where="TRUE")
+
+    assert result.ok and result.sent == 3
+    received = {pydicom.dcmread(p).SOPInstanceUID: dataset_bytes(p) for p in storescp.received()}
+    assert received == {pydicom.dcmread(f).SOPInstanceUID: dataset_bytes(f) for f in slices}
+
+
 def test_push_to_a_peer_that_is_down_marks_nothing_sent_after_its_retries(lake: voxlake.Lake) -> None:
     result = push(lake, Peer("DOWN", "127.0.0.1", free_port()), where="TRUE", retries=1, retry_delay=0, timeout=5)
 

@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     from voxlake.cli import net
 
     net.add_parser(sub)
+    from voxlake.cli import deid
+
+    deid.add_parser(sub)
+    from voxlake.cli import serve
+
+    serve.add_parser(sub)
     return p
 
 
@@ -69,10 +75,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from voxlake.cli import synth
 
             return synth.run(args)
+        if args.command == "deid":
+            from voxlake.cli import deid
+
+            return deid.run(args)
         if args.command in ("dimse", "pacs"):
             from voxlake.cli import net
 
             return net.run(args)
+        if args.command == "serve":
+            from voxlake.cli import serve
+
+            return serve.run(args)
         return _sql(args)
     except KeyboardInterrupt:
         print("voxlake: interrupted", file=sys.stderr)

@@ -81,6 +81,10 @@ class Header:
     #: Byte offset and length of the top-level Pixel Data value in the file (None if absent).
     pixel_data_offset: int | None = None
     pixel_data_length: int | None = None
+    #: Encapsulated Pixel Data only: per frame, the offset of its first fragment's value and the
+    #: length up to the end of its last fragment's value (see :func:`_frame_index`).
+    frame_offsets: list[int] | None = None
+    frame_lengths: list[int] | None = None
     has_pixels: bool = False
     has_preamble: bool = False
     #: Set when the file ended before the dataset did: ``dataset`` holds what could be read.
@@ -195,7 +199,7 @@ class _Stream:
 class _Context:
     """Per-file parsing state shared by nested datasets."""
 
-    __slots__ = ("bulk_suffix", "pixel", "pixel_rep", "s", "threshold", "uri", "warnings")
+    __slots__ = ("bulk_suffix", "eot", "frames", "pixel", "pixel_rep", "s", "threshold", "uri", "warnings")
 
     def __init__(self, uri: str, threshold: int, stream: _Stream) -> None:
         self.uri = uri
@@ -205,6 +209,9 @@ class _Context:
         self.s = stream
         self.pixel: tuple[int, int] | None = None
         self.bulk_suffix = ""
+        #: Extended Offset Table (7FE0,0001) and its Lengths (7FE0,0002), raw, keyed 1 and 2.
+        self.eot: dict[int, bytes] = {}
+        self.frames: tuple[list[int], list[int]] | None = None
 
     def bulk_uri(self, offset: int, length: int) -> str:
         return f"{self.uri}?offset={offset}&length={length}{self.bulk_suffix}"
@@ -285,6 +292,8 @@ def read_header(
     header.has_pixels = any(k in ds for k in ("7FE00010", "7FE00008", "7FE00009"))
     if ctx.pixel is not None:
         header.pixel_data_offset, header.pixel_data_length = ctx.pixel
+    if ctx.frames is not None:
+        header.frame_offsets, header.frame_lengths = ctx.frames
     return header
 
 
@@ -492,7 +501,10 @@ def _parse_dataset(
             continue
         if length == UNDEFINED_LENGTH:
             # Encapsulated pixel data (PS3.5 A.4): fragments in items until a sequence delimiter.
-            vend = _skip_fragments(ctx, vpos, fmt)
+            if depth == 0 and tag == 0x7FE00010:
+                vend = _index_fragments(ctx, vpos, fmt, ds)
+            else:
+                vend = _skip_fragments(ctx, vpos, fmt)
             length = vend - vpos
             ds[key] = {"vr": vr, "BulkDataURI": ctx.bulk_uri(vpos, length)}
             if depth == 0 and tag in PIXEL_TAGS:
@@ -503,6 +515,13 @@ def _parse_dataset(
             bend = bstart + len(b)
             continue
         vend = vpos + length
+        if depth == 0 and (tag == 0x7FE00001 or tag == 0x7FE00002) and length <= MAX_INLINE_VALUE:
+            # Extended Offset Table (PS3.3 C.7.6.3.1.8): kept for the frame index.
+            if s.fill(pos, vend):
+                ctx.eot[tag & 0xF] = bytes(s.buf[vpos - s.start : vend - s.start])
+            b = s.buf
+            bstart = s.start
+            bend = bstart + len(b)
         if length & 1 and vr not in ("UN", "OB"):
             ctx.warnings.append(f"{_tag_str(tag)} has odd length {length}")
         if tag in PIXEL_TAGS or (length > threshold and vr in BINARY_VRS) or length > MAX_INLINE_VALUE:
@@ -656,6 +675,108 @@ def _skip_fragments(ctx: _Context, pos: int, fmt: dict[str, Struct]) -> int:
         pos += 8 + length
         if not s.skip_to(pos):
             raise _Truncated(f"pixel data fragment ending at offset {pos} is cut off")
+
+
+_EOI = b"\xff\xd9"
+
+
+def _index_fragments(ctx: _Context, pos: int, fmt: dict[str, Struct], ds: dict[str, Any]) -> int:
+    """Skip top-level encapsulated Pixel Data like :func:`_skip_fragments`, recording each
+    fragment's item header (and, only when no offset table will tell frame boundaries, whether
+    its last 10 bytes hold a JPEG EOI marker); ``ctx.frames`` gets the frame index."""
+    s = ctx.s
+    hhl = fmt["HHL"]
+    basic: list[int] | None = None
+    fragments: list[tuple[int, int, bool]] = []
+    need_eoi = False
+    while True:
+        if not s.fill(pos, pos + 8):
+            raise _Truncated(f"encapsulated pixel data item at offset {pos} is cut off")
+        group, elem, length = hhl.unpack_from(s.buf, pos - s.start)
+        tag = group << 16 | elem
+        if tag == SEQUENCE_DELIMITATION:
+            break
+        if tag != ITEM:
+            raise _Malformed(f"expected a pixel data fragment at offset {pos}, found {_tag_str(tag)}")
+        vpos = pos + 8
+        pos = vpos + length
+        if basic is None:
+            basic = []
+            if length and length % 4 == 0 and length <= MAX_INLINE_VALUE and s.fill(vpos, pos):
+                off = vpos - s.start
+                basic = list(Struct(fmt["L"].format[0] + f"{length // 4}L").unpack_from(s.buf, off))
+            need_eoi = not basic and not ctx.eot
+        else:
+            eoi = False
+            if need_eoi and length:
+                tail = max(vpos, pos - 10)
+                if s.skip_to(tail) and s.fill(tail, pos):
+                    eoi = _EOI in s.buf[tail - s.start : pos - s.start]
+            fragments.append((vpos, length, eoi))
+        if not s.skip_to(pos):
+            raise _Truncated(f"pixel data fragment ending at offset {pos} is cut off")
+    ctx.frames = _frame_index(ctx, basic or [], fragments, ds, fmt)
+    return pos + 8
+
+
+def _frame_index(
+    ctx: _Context,
+    basic: list[int],
+    fragments: list[tuple[int, int, bool]],
+    ds: dict[str, Any],
+    fmt: dict[str, Struct],
+) -> tuple[list[int], list[int]] | None:
+    """Where each frame's fragments are, found as pydicom's ``get_frame`` / ``generate_frames``
+    find them: the Extended Offset Table, else the Basic Offset Table, else one fragment per frame
+    (when as many fragments as frames), else all fragments for one frame, else fragments up to one
+    ending in a JPEG EOI marker. A frame is ``(offset of its first fragment's value, length up to
+    the end of its last fragment's value)``: one byte range that holds the item headers between
+    its fragments. None (and a warning) when no rule applies."""
+    if not fragments:
+        return None
+    first_item = fragments[0][0] - 8
+    if 1 in ctx.eot and 2 in ctx.eot:
+        raw_offsets, raw_lengths = ctx.eot[1], ctx.eot[2]
+        n = min(len(raw_offsets), len(raw_lengths)) // 8
+        q = Struct(fmt["L"].format[0] + f"{n}Q")
+        offsets = [first_item + o + 8 for o in q.unpack_from(raw_offsets, 0)]
+        return offsets, list(q.unpack_from(raw_lengths, 0))
+    starts = {vpos - 8: i for i, (vpos, _, _) in enumerate(fragments)}
+    groups: list[tuple[int, int]] = []  # (first fragment, last fragment) per frame
+    if basic and all(first_item + o in starts for o in basic):
+        first = [starts[first_item + o] for o in basic]
+        groups = [(f, nxt - 1) for f, nxt in zip(first, [*first[1:], len(fragments)], strict=True)]
+    else:
+        if basic:
+            ctx.warnings.append("Basic Offset Table does not point at fragment items; ignored")
+        frames = _first_int(ds.get("00280008")) or 1
+        if len(fragments) == frames:
+            groups = [(i, i) for i in range(frames)]
+        elif len(fragments) == 1 or frames == 1:
+            groups = [(0, len(fragments) - 1)]
+        elif len(fragments) > frames:
+            start = 0
+            for i, (_, _, eoi) in enumerate(fragments):
+                if eoi:
+                    groups.append((start, i))
+                    start = i + 1
+            if start < len(fragments):
+                groups.append((start, len(fragments) - 1))
+        else:
+            ctx.warnings.append(
+                f"encapsulated Pixel Data has {len(fragments)} fragments for {frames} frames and no "
+                "offset table: frames cannot be located"
+            )
+            return None
+    return (
+        [fragments[a][0] for a, _ in groups],
+        [fragments[z][0] + fragments[z][1] - fragments[a][0] for a, z in groups],
+    )
+
+
+def _first_int(element: dict[str, Any] | None) -> int | None:
+    value = (element or {}).get("Value")
+    return value[0] if value and isinstance(value[0], int) else None
 
 
 def _encodings(value: list[Any], ctx: _Context) -> list[str] | None:

@@ -155,6 +155,8 @@ def _index_file(
     row["pixel_data_offset"] = header.pixel_data_offset
     row["pixel_data_length"] = header.pixel_data_length
     row["has_pixels"] = header.has_pixels
+    row["frame_offsets"] = header.frame_offsets
+    row["frame_lengths"] = header.frame_lengths
     row["meta"] = _json_dumps(header.dataset)
     row["is_partial"] = header.partial
     row["parse_warnings"] = warnings or None

@@ -143,6 +143,17 @@ def ensure_tables(lake_uri: str) -> None:
             )
 
 
+def _add_missing_columns(dt: Any, table_schema: pa.Schema) -> None:
+    """Schema evolution for lakes created by an older voxlake: columns appended to a table's
+    schema since (all nullable) are added to the Delta schema before files holding them are."""
+    from deltalake import Field
+
+    have = {f.name for f in dt.schema().fields}
+    missing = [Field.from_arrow(f) for f in table_schema if f.name not in have]
+    if missing:
+        dt.alter.add_columns(missing)
+
+
 def commit_run(lake_uri: str, staged: list[StagedFile], run_row: dict[str, Any]) -> None:
     """Add the staged files to their tables, then append the run row: the commit point."""
     from deltalake import CommitProperties, DeltaTable, write_deltalake
@@ -155,6 +166,7 @@ def commit_run(lake_uri: str, staged: list[StagedFile], run_row: dict[str, Any])
         if not files:
             continue
         dt = DeltaTable(storage.join(lake_uri, name), storage_options=opts)
+        _add_missing_columns(dt, schema.TABLES[name])
         actions = [
             AddAction(f.path, f.size, {}, f.modification_time, True, f.stats) for f in files
         ]

@@ -84,6 +84,20 @@ FILE_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("has_pixels", pa.bool_()),
 ]
 
+#: The frame index of encapsulated (compressed) Pixel Data, for WADO-RS frame retrieval without
+#: parsing the file: one entry per frame, in frame order. ``frame_offsets[i]`` is the absolute byte
+#: offset in the file of the value of frame i+1's first fragment; ``frame_lengths[i]`` runs from there
+#: to the end of its last fragment's value. A frame of one fragment is exactly that range; a frame
+#: of several fragments is that range minus the 8-byte item headers (FFFE,E000 + length) between
+#: them, which :func:`voxlake.dicom.frames.read_frames` strips. Found from the Extended Offset
+#: Table, the Basic Offset Table, or the fragments themselves as pydicom does. NULL for native
+#: (uncompressed) Pixel Data, where frame i starts at ``pixel_data_offset + i * frame size``, and
+#: when the frames cannot be located.
+FRAME_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("frame_offsets", pa.list_(pa.int64())),
+    ("frame_lengths", pa.list_(pa.int64())),
+]
+
 INSTANCES = pa.schema(
     [pa.field(name, _ARROW_KIND[kind]) for name, _tag, kind in PROMOTED]
     + [pa.field(name, t) for name, t in FILE_COLUMNS]
@@ -95,6 +109,8 @@ INSTANCES = pa.schema(
         pa.field("run_id", pa.string()),
         pa.field("indexed_at", pa.timestamp("us", tz=UTC)),
     ]
+    # Added after the first release: lakes written before lack them (readers fill NULL).
+    + [pa.field(name, t) for name, t in FRAME_COLUMNS]
 )
 
 INGEST_ERRORS = pa.schema(

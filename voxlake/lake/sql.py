@@ -106,8 +106,14 @@ def connect(lake_uri: str) -> Any:
         if not files:
             con.register(raw, schema.TABLES[table].empty_table())
         elif local:
+            # Files written before a column was appended lack it: the empty table of the current
+            # schema first gives every column (NULL where a file lacks it) in schema order.
+            con.register(f"{raw}_schema", schema.TABLES[table].empty_table())
             listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW {raw} AS SELECT * FROM read_parquet([{listing}])")
+            con.execute(
+                f"CREATE VIEW {raw} AS SELECT * FROM {raw}_schema UNION ALL BY NAME "
+                f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
+            )
         else:
             con.register(raw, dataset(lake_uri, files, schema.TABLES[table]))
     for name, select in view_definitions("duckdb"):

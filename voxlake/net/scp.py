@@ -28,8 +28,8 @@ Handler contracts (as in pynetdicom, PS3.7 9.1):
 Queries and retrieves read the lake through a DuckDB connection of their own association thread
 (a connection is not thread-safe), over the table versions current when each request arrives: they
 neither wait for nor hold up C-STORE and the committer. Instances are sent from their stored files,
-with the transfer syntax they were stored in; only local files (``uri`` a path) can be sent so far:
-zip members and object-store URIs count as failed sub-operations.
+with the transfer syntax they were stored in, wherever they are (local files, zip members,
+object-store URLs); a file that cannot be read counts as a failed sub-operation.
 
 Unsupported SOP classes and transfer syntaxes are refused at association negotiation (the
 presentation context is rejected), unknown calling AE titles too when ``require_known_peers``
@@ -376,15 +376,16 @@ class DimseServer:
         """The sub-operations: each stored file, read as it is; one that cannot be read fails alone."""
         from pydicom import dcmread
 
+        from voxlake.dicom.frames import open_uri
+
         yield len(matches)
         for match in matches:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
             try:
-                if not storage.is_local(match.uri) or match.uri.startswith("zip://"):
-                    raise OSError("only local files can be sent so far")
-                dataset = dcmread(match.uri)
+                with open_uri(match.uri) as fp:  # a path, a zip member or an object-store URL
+                    dataset = dcmread(fp)
             except Exception as exc:
                 log.warning("cannot send SOP Instance %s from %s: %s", match.sop_instance_uid, match.uri, exc)
                 # pynetdicom counts a pending result that is not a dataset as a failed sub-operation.

@@ -520,13 +520,11 @@ def _store_batch(peer: Peer, batch: list[tuple[InstanceStatus, str, str | None]]
 def _store_one(assoc: Any, item: InstanceStatus, sop_class: str, syntax: str | None,
                accepted: set[tuple[str, str]]) -> None:
     path = _local_path(item.uri)
-    if path is None:
-        item.error = f"{item.uri} is not a local file; only local lakes can push for now"
-        return
     try:
+        source: Any = path if path is not None else _read(item.uri)  # zip members, object stores
         if syntax and (sop_class, syntax) in accepted:
             item.transfer_syntax = syntax
-            response = assoc.send_c_store(path)  # the file's bytes as stored (chunked sending)
+            response = assoc.send_c_store(source)  # a local file's bytes as stored (chunked sending)
         else:
             fallback = next((ts for ts in FALLBACK_SYNTAXES if (sop_class, ts) in accepted), None)
             if fallback is None:
@@ -535,7 +533,7 @@ def _store_one(assoc: Any, item: InstanceStatus, sop_class: str, syntax: str | N
             log.warning("peer refused transfer syntax %s for %s; sending %s decoded as %s",
                         syntax, sop_class, item.SOPInstanceUID, fallback)
             item.transfer_syntax = fallback
-            response = assoc.send_c_store(_decoded(path, fallback))
+            response = assoc.send_c_store(_decoded(source, fallback))
     except Exception as exc:  # an unreadable file, a codec missing to decode it; or the peer left
         if not assoc.is_established:
             item.status, item.error = None, f"the peer dropped the association before {item.uri} was sent"
@@ -548,10 +546,20 @@ def _store_one(assoc: Any, item: InstanceStatus, sop_class: str, syntax: str | N
         item.error = f"the peer answered {_hex(item.status)}"
 
 
-def _decoded(path: Path, syntax: str) -> Any:
+def _read(uri: str) -> Any:
+    """The dataset of a file that is not a local path, read whole (pixels as stored)."""
     import pydicom
 
-    ds = pydicom.dcmread(path)
+    from voxlake.dicom.frames import open_uri
+
+    with open_uri(uri) as fp:
+        return pydicom.dcmread(fp)
+
+
+def _decoded(source: Any, syntax: str) -> Any:
+    import pydicom
+
+    ds = source if isinstance(source, pydicom.Dataset) else pydicom.dcmread(source)
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress()
     ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(syntax)
