@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-10)
 DEMO_LAKE ?= demo-lake
 
-.PHONY: install demo test lint bench java dicom-tools viewer clean
+.PHONY: install demo test lint bench java dicom-tools deid-tools viewer clean
 
 install: $(STAMP)
 
@@ -29,6 +29,12 @@ dicom-tools:
 		echo "installing dicom3tools, dcmtk and orthanc"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dicom3tools dcmtk orthanc; }
 
+# Burned-in text detection for de-identification (voxlake deid --option clean-pixel-data, deid verify).
+deid-tools:
+	@command -v tesseract >/dev/null 2>&1 || { \
+		echo "installing tesseract-ocr"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends tesseract-ocr; }
+
 # The OHIF viewer (prebuilt, from npm; pinned) and what the browser tests and the viewer benchmark
 # need: Debian's chromium (driven by Playwright, never `playwright install`) and Orthanc's DICOMweb
 # plugin as the peer to compare with.
@@ -51,13 +57,15 @@ demo: install
 lint: install
 	$(PY) -m ruff check voxlake tests bench scripts
 
-test: install java dicom-tools viewer lint
+test: install java dicom-tools deid-tools viewer lint
 	$(PY) -m pytest
 
-bench: install java dicom-tools viewer
+bench: install java dicom-tools deid-tools viewer
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/synth_scale_bench.py
 	$(PY) bench/dimse_bench.py
+	$(PY) bench/dicomweb_bench.py --million
+	$(PY) bench/viewer_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work .cache

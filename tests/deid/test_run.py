@@ -159,7 +159,7 @@ def test_zero_answer_key_phi_left_in_the_headers(phi_lake):
 def test_images_that_may_hold_burned_in_text_are_left_out_and_reported(phi_lake):
     *_, summary, _ = phi_lake
     excluded = [o for o in summary.outcomes if o.status == "excluded"]
-    assert excluded and all("pixel cleaning is not available" in o.reason for o in excluded)
+    assert excluded and all("pixel cleaning is not chosen" in o.reason for o in excluded)
     assert not any(Path(o.dest).exists() for o in excluded if o.dest)
 
 

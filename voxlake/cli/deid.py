@@ -13,7 +13,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="a PS3.15 option, repeatable: retain-longitudinal-modified-dates, clean-descriptors, "
                    "retain-uids, retain-safe-private, retain-patient-characteristics, retain-device-identity, "
                    "retain-institution-identity, retain-longitudinal-full-dates, clean-structured-content, "
-                   "clean-graphics")
+                   "clean-graphics, clean-pixel-data (OCR and rules: burned-in text blacked out)")
     p.add_argument("--secret-file", default=None, help="key file you hold (e.g. openssl rand -hex 32 > deid.key)")
     p.add_argument("--recipe", default=None, help="YAML/JSON file overriding actions and listing safe private tags")
     p.add_argument("--allow-burned-in", action="store_true",
@@ -27,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("deid", help="de-identify DICOM (PS3.15 profiles) into a research lake or folder",
                        description="De-identify the instances of --lake that match --where into the research "
-                       "lake --out. Subcommands: file (files and folders), verify.")
+                       "lake --out. Subcommands: file (files and folders), verify (look for leaks).")
     p.add_argument("--lake", default=None, help="source lake")
     p.add_argument("--where", default="TRUE", help="SQL condition over the instances view")
     p.add_argument("--out", default=None, help="research lake (created)")
@@ -39,6 +39,25 @@ def add_parser(sub: Any) -> None:
     f.add_argument("source", help="a DICOM file or a folder")
     f.add_argument("dest", help="output file (for a file) or folder")
     _common(f)
+    v = kinds.add_parser("verify", help="look for the source's PHI in a research lake (headers, OCR of pixels)")
+    v.add_argument("--source", required=True, help="the source lake")
+    v.add_argument("--deidentified", required=True, help="the research lake written by voxlake deid")
+    v.add_argument("--secret-file", default=None, help="the run's key file: UIDs and Patient IDs checked exactly")
+    v.add_argument("--no-ocr", action="store_true", help="headers and UIDs only (no Tesseract over the pixels)")
+    v.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from voxlake.cli.output import print_json
+    from voxlake.deid.verify import format_report, verify
+
+    report = verify(args.source, args.deidentified, secret=args.secret_file, ocr=not args.no_ocr)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(format_report(report))
+    return 0 if report.passed else 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from voxlake.cli.output import print_json
     from voxlake.errors import InvalidArgumentError
 
+    if getattr(args, "deid_command", None) == "verify":
+        return _verify(args)
     bars: list[Any] = []
 
     def on_start(total: int) -> None:

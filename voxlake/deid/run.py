@@ -1,8 +1,11 @@
 """De-identify files, folders and lakes; write the research lake, its ``deid_audit`` table, and
 (only when asked, outside the research lake) the re-identification mapping.
 
-A file that cannot be read, or that may carry burned-in text while pixel cleaning is not available,
-is reported and left out: nothing reaches the output un-de-identified.
+A file that cannot be read, or that may carry burned-in text when the Clean Pixel Data option is not
+chosen, is reported and left out: nothing reaches the output un-de-identified. With
+``clean-pixel-data``, every image that does not declare Burned In Annotation NO is cleaned
+(:mod:`voxlake.deid.pixels`: rules, ultrasound regions, OCR) and its redacted boxes are audited;
+one whose pixels cannot be decoded or written back is left out.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 from voxlake.deid.errors import DeidentificationError
 from voxlake.deid.keys import Secret
 from voxlake.deid.profile import Option, Profile
-from voxlake.errors import InvalidArgumentError
+from voxlake.errors import InvalidArgumentError, MissingExtraError
 
 __all__ = ["DeidSummary", "FileOutcome", "deidentify_file", "deidentify_files", "deidentify_lake"]
 
@@ -42,6 +45,7 @@ class FileOutcome:
     StudyInstanceUID: str = ""
     SeriesInstanceUID: str = ""
     audit: tuple[tuple[str, str, str], ...] = ()
+    boxes: tuple[tuple[int, int, int, int, int, str], ...] = ()  # (frame, x, y, w, h, reason); frame -1: all
     mapping: tuple[tuple[str, str, str], ...] = ()  # (kind, original, replacement), only when asked
 
 
@@ -93,6 +97,7 @@ class _Job:
     secret: Secret
     allow_burned_in: bool
     with_mapping: bool
+    clean_pixels: bool = False
 
     def deidentifier(self) -> Any:
         from voxlake.deid.header import Deidentifier
@@ -104,11 +109,10 @@ def _profile(profile: str, options: Iterable[str | Option], recipe: Any) -> Prof
     if str(profile).lower() != "basic":
         raise InvalidArgumentError(f"profile must be one of basic; got {profile!r}")
     p = Profile(options, recipe=recipe)
-    unsupported = p.options & {Option.CLEAN_PIXEL_DATA, Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES}
-    if unsupported:
+    if Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES in p.options:
         raise DeidentificationError(
-            f"{', '.join(sorted(o.value for o in unsupported))}: pixel cleaning is not available yet; "
-            "files that may hold burned-in text are left out instead"
+            "clean-recognizable-visual-features: defacing is not available yet; use clean-pixel-data for "
+            "burned-in text"
         )
     return p
 
@@ -121,18 +125,20 @@ def _read_recipe(recipe: Any) -> Any:
     return Recipe.read(recipe)
 
 
+_NOT_CLEANED = " and pixel cleaning is not chosen (--option clean-pixel-data cleans it)"
+
+
 def _burned_in_reason(ds: Any) -> str:
     flag = str(ds.get("BurnedInAnnotation", "") or "").upper()
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         return ""
     if flag == "YES":
-        return "Burned In Annotation is YES and pixel cleaning is not available yet"
+        return f"Burned In Annotation is YES{_NOT_CLEANED}"
     if flag != "NO" and str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.7"):
-        return ("Secondary Capture images usually hold burned-in text (Burned In Annotation not NO) "
-                "and pixel cleaning is not available yet")
+        return f"Secondary Capture images usually hold burned-in text (Burned In Annotation not NO){_NOT_CLEANED}"
     if flag != "NO" and str(ds.get("Modality", "")) in _TEXT_IN_PIXELS_MODALITIES:
-        return (f"{ds.get('Modality')} images usually hold burned-in text (Burned In Annotation not NO) "
-                "and pixel cleaning is not available yet")
+        return (f"{ds.get('Modality')} images usually hold burned-in text (Burned In Annotation not NO)"
+                f"{_NOT_CLEANED}")
     return ""
 
 
@@ -161,7 +167,20 @@ def _one(job: _Job, source: str, dest: str | None, out_root: str | None) -> File
         return FileOutcome(source, "error", "not a DICOM composite instance (no SOP Class or Instance UID)")
     d = job.deidentifier()
     fingerprint = d.secret.fingerprint(str(ds.SOPInstanceUID))
-    if not job.allow_burned_in:
+    boxes: list[Any] = []
+    if job.clean_pixels and str(ds.get("BurnedInAnnotation", "") or "").upper() != "NO" and "PixelData" in ds:
+        from voxlake.deid.pixels import clean_pixels, deny_terms
+
+        try:
+            boxes = clean_pixels(ds, terms=deny_terms(ds))
+        except DeidentificationError as exc:
+            return FileOutcome(source, "error", str(exc), source_fingerprint=fingerprint)
+        except MissingExtraError:
+            raise  # tesseract or pytesseract missing: every file would fail, say so once
+        except Exception as exc:  # a decoder's surprise on one file: left out, never copied through
+            return FileOutcome(source, "error", f"pixel cleaning failed: {type(exc).__name__}: {exc}",
+                               source_fingerprint=fingerprint)
+    elif not job.allow_burned_in:
         reason = _burned_in_reason(ds)
         if reason:
             return FileOutcome(source, "excluded", reason, source_fingerprint=fingerprint)
@@ -193,7 +212,8 @@ def _one(job: _Job, source: str, dest: str | None, out_root: str | None) -> File
                "SeriesInstanceUID": series, "SOPInstanceUID": sop}
         mapping = tuple((k, original[k], new[k]) for k in original if original[k])
     return FileOutcome(source, "written", "", dest, fingerprint, sop, study, series,
-                       tuple((e.path, e.tag, e.action) for e in result.audit), mapping)
+                       tuple((e.path, e.tag, e.action) for e in result.audit), tuple(b.as_tuple() for b in boxes),
+                       mapping)
 
 
 def _run_all(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], workers: int,
@@ -223,7 +243,8 @@ def _job(profile: str, options: Iterable[str | Option], recipe: Any, secret: Sec
     recipe = _read_recipe(recipe)
     p = _profile(profile, options, recipe)
     key = secret if isinstance(secret, Secret) else Secret.read(secret)
-    return _Job(tuple(sorted(o.value for o in p.options)), recipe, key, allow_burned_in, with_mapping)
+    return _Job(tuple(sorted(o.value for o in p.options)), recipe, key, allow_burned_in, with_mapping,
+                Option.CLEAN_PIXEL_DATA in p.options)
 
 
 def deidentify_file(src: str | Path, dst: str | Path, *, secret: Secret | str | Path | None,
@@ -317,12 +338,14 @@ def _write_audit(out: Path, summary: DeidSummary, job: _Job, sha: dict[str, str]
     from deltalake import write_deltalake
 
     action = pa.struct([("path", pa.string()), ("tag", pa.string()), ("action", pa.string())])
+    box = pa.struct([("frame", pa.int32()), ("x", pa.int32()), ("y", pa.int32()), ("w", pa.int32()),
+                     ("h", pa.int32()), ("reason", pa.string())])
     schema = pa.schema([
         ("run_id", pa.string()), ("source_sha256", pa.string()), ("source_fingerprint", pa.string()),
         ("status", pa.string()), ("reason", pa.string()), ("uri", pa.string()),
         ("SOPInstanceUID", pa.string()), ("SeriesInstanceUID", pa.string()), ("StudyInstanceUID", pa.string()),
         ("profile", pa.string()), ("actions", pa.list_(action)),
-        ("deidentified_at", pa.timestamp("us", tz="UTC")),
+        ("deidentified_at", pa.timestamp("us", tz="UTC")), ("pixel_boxes", pa.list_(box)),
     ])
     now = dt.datetime.now(dt.UTC)
     profile = ",".join(("basic", *job.options))
@@ -332,9 +355,11 @@ def _write_audit(out: Path, summary: DeidSummary, job: _Job, sha: dict[str, str]
         "SOPInstanceUID": o.SOPInstanceUID or None, "SeriesInstanceUID": o.SeriesInstanceUID or None,
         "StudyInstanceUID": o.StudyInstanceUID or None, "profile": profile,
         "actions": [{"path": p, "tag": t, "action": a} for p, t, a in o.audit], "deidentified_at": now,
+        "pixel_boxes": [dict(zip(("frame", "x", "y", "w", "h", "reason"), b, strict=True)) for b in o.boxes],
     } for o in summary.outcomes]
     table = pa.Table.from_pylist(rows, schema=schema)
-    write_deltalake(str(out / AUDIT_TABLE), table, mode="append")
+    # schema_mode merge: audit tables written before pixel_boxes existed gain the column
+    write_deltalake(str(out / AUDIT_TABLE), table, mode="append", schema_mode="merge")
 
 
 def _write_mapping(path: Path, summary: DeidSummary) -> None:
