@@ -365,11 +365,12 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 
 def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
     import voxlake
     from voxlake.net import qr
+    from voxlake.net._socket import no_delay
 
     lake_path, build_s = find_lake(work, instances)
     lake = voxlake.open(str(lake_path))
@@ -390,7 +391,9 @@ def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
         waited = common.wait_for_idle(idle_wait)
         ae = AE(ae_title="BENCH")
         ae.add_requested_context(FIND)
-        assoc = ae.associate("127.0.0.1", server.port, ae_title="VOXLAKE")
+        # Nagle off, as DCMTK's tools and voxlake's own SCU have it (voxlake/net/_socket.py).
+        assoc = ae.associate("127.0.0.1", server.port, ae_title="VOXLAKE",
+                             evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)])
         if not assoc.is_established:
             raise RuntimeError("no association with voxlake for C-FIND")
         print(

@@ -15,7 +15,8 @@ from voxlake.lake.catalog import Catalog
 SERIES_COLUMNS = "SeriesInstanceUID, StudyInstanceUID, Modality, SeriesNumber, SeriesDescription"
 
 
-def _copy_as_new_study(src: Path, dest: Path, n: int, suffix: str, description: str = "copy") -> None:
+def _copy_as_new_study(src: Path, dest: Path, n: int, suffix: str, description: str = "copy",
+                       **attributes: str) -> None:
     """The first ``n`` slices of ``src`` as another study (fresh UIDs), under ``dest``."""
     dest.mkdir(parents=True)
     for p in sorted(src.iterdir())[:n]:
@@ -25,6 +26,8 @@ def _copy_as_new_study(src: Path, dest: Path, n: int, suffix: str, description: 
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[ds.SOPInstanceUID, suffix])
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.StudyDescription = description
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
         ds.save_as(dest / p.name)
 
 
@@ -133,3 +136,38 @@ def test_meta_returns_each_instance_header_from_its_file(tmp_path, ct_series):
     expected = dict(lake.sql("SELECT SOPInstanceUID, meta FROM instances ORDER BY 1 LIMIT 20").fetchall())
     assert catalog.meta(list(expected)) == expected
     assert catalog.meta(["1.2.3.unknown"]) == {}
+
+
+def test_attributes_promoted_since_a_lake_was_written_are_filled_from_its_headers(tmp_path, ct_series):
+    """An older lake has no ReferringPhysicianName column: the catalog still answers it, from
+    ``meta``, and rows indexed after the upgrade carry the column itself."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable, write_deltalake
+
+    from voxlake.lake import schema
+
+    physician = "WELBY^MARCUS"
+    _copy_as_new_study(ct_series, tmp_path / "old", 2, "old", ReferringPhysicianName=physician)
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(tmp_path / "old"), workers=0)
+    table = tmp_path / "lake" / "instances"
+    old_rows = pa.concat_tables([pq.read_table(f) for f in DeltaTable(str(table)).file_uris()])
+    old_schema = schema.INSTANCES.remove(schema.INSTANCES.get_field_index("ReferringPhysicianName"))
+    write_deltalake(str(table), old_rows.drop_columns(["ReferringPhysicianName"]).cast(old_schema),
+                    mode="overwrite", schema_mode="overwrite")
+    assert "ReferringPhysicianName" not in [f.name for f in DeltaTable(str(table)).schema().fields]
+
+    catalog = Catalog(lake.uri)
+    catalog.refresh()
+    con = catalog.cursor()
+    assert con.execute("SELECT DISTINCT ReferringPhysicianName FROM instances").fetchall() == [(physician,)]
+    assert con.execute("SELECT ReferringPhysicianName FROM studies").fetchall() == [(physician,)]
+
+    _copy_as_new_study(ct_series, tmp_path / "new", 3, "new", ReferringPhysicianName=physician)
+    lake.ingest(str(tmp_path / "new"), workers=0)
+    catalog.refresh()
+    assert con.execute("SELECT count(*) FROM studies WHERE ReferringPhysicianName = ?",
+                       [physician]).fetchall() == [(2,)]
+    assert lake.sql("SELECT count(ReferringPhysicianName) FROM instances").fetchall() == [(3,)]  # new rows only
+

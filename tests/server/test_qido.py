@@ -118,6 +118,31 @@ def test_includefield_of_an_attribute_the_catalog_lacks_reads_the_header(client:
     assert all("00180060" in ds for ds in results)
 
 
+def test_the_study_list_query_of_ohif_is_answered_from_the_catalog_alone(
+        http: Any, lake: Any, server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OHIF 3 asks for StudyDescription, Modality, ReferringPhysicianName and PatientBirthDate at
+    study level: none of them may cost a header read per study."""
+    def no_header_reads(sops: list[str]) -> dict[str, str]:
+        raise AssertionError(f"read the headers of {len(sops)} instances")
+
+    monkeypatch.setattr(server.app.state.catalog, "meta", no_header_reads)
+    fields = "00081030,00080060,00080090,00100030"  # as OHIF 3.13 sends them
+    response = http.get("/studies", params={"PatientName": "lestrade", "includefield": fields,
+                                        "limit": "101", "fuzzymatching": "true"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = {uid: (referring, modalities) for uid, referring, modalities in lake.sql(
+        "SELECT StudyInstanceUID, ReferringPhysicianName, ModalitiesInStudy FROM studies "
+        "WHERE PatientName ILIKE 'lestrade%'").fetchall()}
+    assert expected and len(body) == len(expected)
+    for study in body:
+        referring, modalities = expected[value(study, STUDY_UID)]
+        assert value(study, "00080090") == referring == "Moriarty^James"
+        assert study["00080060"] == {"vr": "CS"}  # a series attribute: no one value for a study
+        assert study["00080061"]["Value"] == modalities.split("\\")
+        assert {"00081030", "00100030"} <= set(study)
+
+
 def test_series_and_instance_levels_at_every_path(client: Any, lake: Any) -> None:
     study = "1.2.392.200103.20080913.113635.0.2009.6.22.21.43.10.22941.1"
     series = client.search_for_series(study_instance_uid=study)

@@ -50,6 +50,7 @@ _STUDY_ATTRIBUTES = [
     "StudyDescription",
     "AccessionNumber",
     "InstitutionName",
+    "ReferringPhysicianName",
 ]
 _SERIES_ATTRIBUTES = [
     "Modality",
@@ -187,9 +188,14 @@ class Catalog:
         parts = []
         runs = pa.array(sorted(self._runs), pa.string())
         for fragment in self._dataset(files).get_fragments():
+            lacking = [n for n, _t, _k in schema.PROMOTED_LATER if n not in fragment.physical_schema.names]
             part = fragment.to_table(
-                columns=self._columns, schema=schema.INSTANCES, filter=pc.field("run_id").isin(runs)
+                columns=self._columns + (["meta"] if lacking else []),
+                schema=schema.INSTANCES,
+                filter=pc.field("run_id").isin(runs),
             )
+            if lacking:
+                part = _fill_from_meta(part, lacking)
             name = by_path.get(fragment.path, fragment.path)
             parts.append(part.append_column("_file", pa.array([name] * part.num_rows, pa.string())))
         return pa.concat_tables(parts)
@@ -321,3 +327,19 @@ class Catalog:
             raise
         self._loaded = (self._loaded - removed) | set(new)
         return True
+
+
+def _fill_from_meta(part: pa.Table, names: list[str]) -> pa.Table:
+    """Rows written before ``names`` were promoted: their values taken from the header, as ingest
+    takes them now; ``meta`` is then dropped."""
+    import orjson
+
+    values: dict[str, list[Any]] = {n: [] for n in names}
+    for text in part.column("meta").to_pylist():
+        row = schema.promoted_values(orjson.loads(text), []) if text else {}
+        for n in names:
+            values[n].append(row.get(n))
+    for n in names:
+        i = part.schema.get_field_index(n)
+        part = part.set_column(i, part.schema.field(i), pa.array(values[n], part.schema.field(i).type))
+    return part.drop_columns(["meta"])

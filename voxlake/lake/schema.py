@@ -13,9 +13,9 @@ from typing import Any
 
 import pyarrow as pa
 
-#: (keyword, tag, kind) for each promoted column, in table order.
+#: (keyword, tag, kind) for each promoted column of the first release, in table order.
 #: kind: str, pn (PersonName, Alphabetic group), date, time, int, float, floats (multi-valued).
-PROMOTED: list[tuple[str, str, str]] = [
+_PROMOTED_FIRST: list[tuple[str, str, str]] = [
     ("PatientID", "00100020", "str"),
     ("PatientName", "00100010", "pn"),
     ("PatientSex", "00100040", "str"),
@@ -51,6 +51,13 @@ PROMOTED: list[tuple[str, str, str]] = [
     ("ImagePositionPatient", "00200032", "floats"),
     ("ImageOrientationPatient", "00200037", "floats"),
 ]
+#: Promoted since (OHIF's study list asks for ReferringPhysicianName): at the end of the table, so
+#: that an older lake gains them by schema evolution; its older rows hold NULL there, and the
+#: catalog fills them from ``meta`` (:mod:`voxlake.lake.catalog`).
+PROMOTED_LATER: list[tuple[str, str, str]] = [
+    ("ReferringPhysicianName", "00080090", "pn"),
+]
+PROMOTED = _PROMOTED_FIRST + PROMOTED_LATER
 
 _ARROW_KIND = {
     "str": pa.string(),
@@ -99,7 +106,7 @@ FRAME_COLUMNS: list[tuple[str, pa.DataType]] = [
 ]
 
 INSTANCES = pa.schema(
-    [pa.field(name, _ARROW_KIND[kind]) for name, _tag, kind in PROMOTED]
+    [pa.field(name, _ARROW_KIND[kind]) for name, _tag, kind in _PROMOTED_FIRST]
     + [pa.field(name, t) for name, t in FILE_COLUMNS]
     + [
         pa.field("meta", pa.string()),
@@ -111,6 +118,7 @@ INSTANCES = pa.schema(
     ]
     # Added after the first release: lakes written before lack them (readers fill NULL).
     + [pa.field(name, t) for name, t in FRAME_COLUMNS]
+    + [pa.field(name, _ARROW_KIND[kind]) for name, _tag, kind in PROMOTED_LATER]
 )
 
 INGEST_ERRORS = pa.schema(

@@ -65,6 +65,7 @@ def view_definitions(dialect: str = "duckdb") -> list[tuple[str, str]]:
                 min(StudyTime) AS StudyTime,
                 min(StudyDescription) AS StudyDescription,
                 min(AccessionNumber) AS AccessionNumber,
+                min(ReferringPhysicianName) AS ReferringPhysicianName,
                 {mods} AS ModalitiesInStudy,
                 count(DISTINCT SeriesInstanceUID) AS series,
                 count(*) AS instances,

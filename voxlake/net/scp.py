@@ -70,6 +70,7 @@ from voxlake.lake import storage
 from voxlake.lake.catalog import Catalog
 from voxlake.lake.matching import MatchError
 from voxlake.net import qr
+from voxlake.net._socket import no_delay
 from voxlake.net.store import LandingArea
 
 log = logging.getLogger("voxlake.net")
@@ -216,6 +217,7 @@ class DimseServer:
             (evt.EVT_C_GET, self.on_c_get),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_OPEN, no_delay),
         ]
         self._server = self.ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from voxlake.errors import AssociationError, DimseStatusError, InvalidArgumentError
+from voxlake.net._socket import no_delay
 from voxlake.net.scp import DimseServer, Peer, load_peers
 
 log = logging.getLogger("voxlake.net")
@@ -615,7 +616,10 @@ def _make_ae(ae_title: str, timeout: float) -> Any:
 
 @contextmanager
 def _association(ae: Any, peer: Peer, **kwargs: Any) -> Iterator[Any]:
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+    from pynetdicom import evt
+
+    handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_CONN_OPEN, no_delay)]
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, **kwargs)
     if not assoc.is_established:
         if assoc.is_rejected:
             why = "rejected the association (check that it knows our AE title and the SOP classes)"

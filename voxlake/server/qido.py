@@ -18,7 +18,9 @@ begins with it: ``PatientName=jo`` finds ``DOE^JOHN`` and ``JONES^ANN``.
 Results: the default attributes of PS3.18 Tables 10.6.3-3 to 10.6.3-5 that the lake holds, plus
 RetrieveURL, InstanceAvailability and the level's unique keys and those above it; ``includefield``
 (repeated or comma-separated; ``all`` = every attribute the catalog holds at that level) adds more,
-an attribute the catalog lacks being read from the header (``meta``) of one instance of each result.
+an attribute the catalog lacks being read from the header (``meta``) of one instance of each result;
+an attribute of a lower level (``Modality`` of a study, which OHIF's study list asks for) has no
+single value there and comes back empty (``ModalitiesInStudy`` answers it).
 Order is stable: studies newest first (StudyDate, StudyTime, then UID); series by study, SeriesNumber,
 UID; instances by study, series, InstanceNumber, UID. ``limit``/``offset`` page it; a response cut by
 ``limit`` or by the server's maximum carries ``Warning: 299 ... "There are additional results..."``.
@@ -57,6 +59,8 @@ _HIGHER = {
     Level.SERIES: [("studies", "st", "StudyInstanceUID")],
     Level.INSTANCE: [("series", "se", "SeriesInstanceUID"), ("studies", "st", "StudyInstanceUID")],
 }
+#: Lower-level tables: their attributes have no single value at a level.
+_LOWER = {Level.STUDY: ["series", "instances"], Level.SERIES: ["instances"], Level.INSTANCE: []}
 _ORDER = {
     Level.STUDY: 't."StudyDate" DESC NULLS LAST, t."StudyTime" DESC NULLS LAST, t."StudyInstanceUID"',
     Level.SERIES: 't."StudyInstanceUID", t."SeriesNumber" NULLS LAST, t."SeriesInstanceUID"',
@@ -259,6 +263,11 @@ def plan(search: Search, columns: dict[str, set[str]], limit: int) -> Plan:
             returns.append((attr, ""))
             continue
         expr = locate(attr.keyword)
+        if expr is None and any(attr.keyword in columns[t] for t in _LOWER[level]):
+            # An attribute of a lower level (Modality of a study): it has no one value here.
+            if attr in search.includes:
+                returns.append((attr, ""))
+            continue
         if expr is None:
             if attr.vr != "SQ" or attr in search.includes:
                 from_meta.append(attr)
@@ -336,6 +345,8 @@ def run(state: Any, search: Search, base: str) -> tuple[list[dict[str, Any]], bo
                 ds[attr.hex] = {"vr": "CS", "Value": ["ONLINE"]}
             elif attr.keyword == "RetrieveURL":
                 ds[attr.hex] = {"vr": "UR", "Value": [base + _path(search.level, row)]}
+            else:
+                ds[attr.hex] = {"vr": attr.vr}
         meta = metas.get(row.get("_sop") or "", {})
         for attr in p.from_meta:
             elem = meta.get(attr.hex)
