@@ -749,6 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2,000 instances (and 5,000 for --million), few repetitions, no docs")
     p.add_argument("--skip-orthanc", action="store_true", help="measure voxlake only")
+    p.add_argument("--prepare", action="store_true",
+                   help="only make the data sets (files, lakes, Orthanc's storage) that a later run reuses; "
+                   "measure nothing")
     p.add_argument("--orthanc-threads", type=int, default=4, help="upload threads for Orthanc (default 4)")
     p.add_argument("--orthanc-load-limit", type=float, default=3600.0,
                    help="stop uploading to Orthanc after this many seconds per size (default 3600)")
@@ -782,6 +785,13 @@ def main(argv: list[str] | None = None) -> int:
           f"orthanc-dicomweb {info['dicomweb_plugin']}; sizes {sizes}" + (f", voxlake alone {solo}" if solo else ""),
           flush=True)
     ct = ensure_ct300(work)
+    if args.prepare:
+        for n in sizes + solo:
+            data = ensure_lake(work, n, ct)
+            if with_orthanc and n in sizes:
+                load_orthanc(work, n, ct, data, args.orthanc_threads, args.orthanc_load_limit)
+        print(f"data sets ready in {(time.perf_counter() - t_start) / 60:.1f} min; nothing measured")
+        return 0
     results = [run_size(work, n, ct, args, reps, with_orthanc) for n in sizes]
     results += [run_size(work, n, ct, args, reps, False) for n in solo]
     total_s = time.perf_counter() - t_start

@@ -370,7 +370,7 @@ def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
 
     import voxlake
     from voxlake.net import qr
-    from voxlake.net._socket import no_delay
+    from voxlake.net._tuning import no_delay, skip_unlogged_identifiers
 
     lake_path, build_s = find_lake(work, instances)
     lake = voxlake.open(str(lake_path))
@@ -391,7 +391,9 @@ def find_run(work: Path, instances: int, idle_wait: float) -> dict[str, Any]:
         waited = common.wait_for_idle(idle_wait)
         ae = AE(ae_title="BENCH")
         ae.add_requested_context(FIND)
-        # Nagle off, as DCMTK's tools and voxlake's own SCU have it (voxlake/net/_socket.py).
+        # Nagle off and no identifier pretty-printing for a silent log, as DCMTK's findscu and
+        # voxlake's own SCU have it (voxlake/net/_tuning.py).
+        skip_unlogged_identifiers()
         assoc = ae.associate("127.0.0.1", server.port, ae_title="VOXLAKE",
                              evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)])
         if not assoc.is_established:

@@ -70,7 +70,7 @@ from voxlake.lake import storage
 from voxlake.lake.catalog import Catalog
 from voxlake.lake.matching import MatchError
 from voxlake.net import qr
-from voxlake.net._socket import no_delay
+from voxlake.net._tuning import no_delay, skip_unlogged_identifiers
 from voxlake.net.store import LandingArea
 
 log = logging.getLogger("voxlake.net")
@@ -209,6 +209,7 @@ class DimseServer:
         removed = self.landing.remove_temporaries()
         if removed:
             log.info("removed %d unacknowledged temporary files from %s", len(removed), self.landing.root)
+        skip_unlogged_identifiers()
         handlers = [
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),

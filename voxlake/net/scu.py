@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from voxlake.errors import AssociationError, DimseStatusError, InvalidArgumentError
-from voxlake.net._socket import no_delay
+from voxlake.net._tuning import no_delay, skip_unlogged_identifiers
 from voxlake.net.scp import DimseServer, Peer, load_peers
 
 log = logging.getLogger("voxlake.net")
@@ -618,6 +618,7 @@ def _make_ae(ae_title: str, timeout: float) -> Any:
 def _association(ae: Any, peer: Peer, **kwargs: Any) -> Iterator[Any]:
     from pynetdicom import evt
 
+    skip_unlogged_identifiers()
     handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_CONN_OPEN, no_delay)]
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, **kwargs)
     if not assoc.is_established:
