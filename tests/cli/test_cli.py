@@ -57,6 +57,15 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert "Traceback" not in no_source.stderr
 
 
+def test_serve_refuses_a_path_without_a_lake_unless_told_to_create_one(tmp_path):
+    typo = tmp_path / "lkae"
+    out = voxlake("serve", "--lake", str(typo), "--port", "1", check=False)
+    assert out.returncode != 0 and out.stdout == ""
+    assert out.stderr.strip() == (f"voxlake: error: no lake at {typo} (voxlake ingest makes one; serve --create "
+                                  "serves an empty one that STOW-RS uploads fill)")
+    assert not typo.exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     out = voxlake("--debug", "sql", "--lake", str(tmp_path / "nowhere"), "SELECT 1", check=False)
     assert "Traceback" in out.stderr

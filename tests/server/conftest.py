@@ -29,6 +29,9 @@ class Server:
 
         self.app = app
         self.sock = socket.socket()
+        # Accepted sockets inherit it; asyncio sets it only on sockets it created itself (without it,
+        # each keep-alive response waits up to 40 ms for a delayed ACK).
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"

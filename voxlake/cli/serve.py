@@ -17,6 +17,8 @@ def add_parser(sub: Any) -> None:
         "installed: make viewer). Binds to 127.0.0.1 unless --host says otherwise.",
     )
     s.add_argument("--lake", required=True, help="lake folder or URL")
+    s.add_argument("--create", action="store_true",
+                   help="serve an empty lake when there is none at --lake yet (STOW-RS uploads fill it)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
     s.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -31,7 +33,13 @@ def run(args: argparse.Namespace) -> int:
     """Start uvicorn; Ctrl-C (SIGINT) or SIGTERM stops it after the requests in flight."""
     import uvicorn
 
+    from voxlake.errors import LakeNotFoundError
+    from voxlake.lake.lake import Lake
     from voxlake.server.app import create_app
+
+    if not args.create and not Lake(args.lake).exists():
+        raise LakeNotFoundError(f"no lake at {args.lake} (voxlake ingest makes one; serve --create serves an "
+                                "empty one that STOW-RS uploads fill)")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
