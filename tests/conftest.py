@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +34,17 @@ def ct_series() -> Path:
 @pytest.fixture(scope="session")
 def pydicom_files() -> Path:
     return need(PYDICOM_FILES)
+
+
+@pytest.fixture(scope="session")
+def spark() -> Any:
+    """One local[2] Spark session for the whole run, in UTC so timestamps read as DuckDB reads them."""
+    pytest.importorskip("pyspark", reason="the spark extra is not installed")
+    if shutil.which("java") is None:
+        pytest.skip("Spark needs a Java runtime on PATH (make java)")
+    from voxlake.ingest.engines.spark import spark_session
+
+    session = spark_session("local[2]")
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    yield session
+    session.stop()

@@ -33,20 +33,6 @@ class Ingested:
 
 
 @pytest.fixture(scope="module")
-def spark() -> Any:
-    """One local[2] session for the module, in UTC so timestamps read as DuckDB reads them."""
-    pytest.importorskip("pyspark", reason="the spark extra is not installed")
-    if shutil.which("java") is None:
-        pytest.skip("Spark needs a Java runtime on PATH (make java)")
-    from voxlake.ingest.engines.spark import spark_session
-
-    session = spark_session("local[2]")
-    session.conf.set("spark.sql.session.timeZone", "UTC")
-    yield session
-    session.stop()
-
-
-@pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 230 varied files: every pydicom test file kind, dcmqi's objects and zip, two bad files."""
     src = tmp_path_factory.mktemp("source")

@@ -19,6 +19,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-burned-in", action="store_true",
                    help="also write images that may hold burned-in text (pixels are NOT cleaned)")
     p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="local processes, or Spark tasks (same output; pip install 'voxlake[spark]')")
+    p.add_argument("--spark-master", default=None, help="Spark master URL (default local[*])")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 from voxlake.deid.run import deidentify_files
 
-                summary = deidentify_files(source, args.dest, workers=args.workers, progress=progress,
+                summary = deidentify_files(source, args.dest, workers=args.workers, engine=args.engine,
+                                           spark_master=args.spark_master, progress=progress,
                                            on_start=on_start, **common)
         else:
             if not args.lake or not args.out:
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             from voxlake.deid.run import deidentify_lake
 
             summary = deidentify_lake(args.lake, args.out, where=args.where, mapping=args.mapping,
-                                      workers=args.workers, progress=progress, on_start=on_start, **common)
+                                      workers=args.workers, engine=args.engine, spark_master=args.spark_master,
+                                      progress=progress, on_start=on_start, **common)
     finally:
         for bar in bars:
             bar.close()

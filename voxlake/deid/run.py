@@ -217,7 +217,13 @@ def _one(job: _Job, source: str, dest: str | None, out_root: str | None) -> File
 
 
 def _run_all(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], workers: int,
-             progress: Callable[[int], None] | None) -> Iterator[FileOutcome]:
+             progress: Callable[[int], None] | None, engine: str = "local",
+             spark_master: str | None = None) -> Iterator[FileOutcome]:
+    if engine == "spark":
+        yield from _run_spark(job, tasks, spark_master, progress)
+        return
+    if engine != "local":
+        raise InvalidArgumentError(f"engine must be local or spark; got {engine!r}")
     if workers <= 1 or len(tasks) < 2:
         for t in tasks:
             yield _one(job, *t)
@@ -236,6 +242,29 @@ def _run_all(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], wor
 
 def _one_star(args: tuple[Any, ...]) -> FileOutcome:
     return _one(*args)
+
+
+def _run_spark(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], master: str | None,
+               progress: Callable[[int], None] | None) -> Iterator[FileOutcome]:
+    """The same per-file function as Spark tasks. The job (profile, recipe, secret) travels with
+    each task, so executors derive the same keyed UIDs, pseudonyms and date shifts as the local
+    engine, without shared state. Outcomes come back in task order."""
+    if not tasks:
+        return
+    from functools import partial
+
+    from voxlake.ingest.engines.spark import spark_session
+
+    sc = spark_session(master).sparkContext
+    slices = max(1, min(len(tasks), sc.defaultParallelism * 4))
+    for outcome in sc.parallelize(list(tasks), slices).map(partial(_one_task, job)).toLocalIterator():
+        yield outcome
+        if progress is not None:
+            progress(1)
+
+
+def _one_task(job: _Job, task: tuple[str, str | None, str | None]) -> FileOutcome:
+    return _one(job, *task)
 
 
 def _job(profile: str, options: Iterable[str | Option], recipe: Any, secret: Secret | str | Path | None,
@@ -266,19 +295,23 @@ def _list_files(src: Path) -> list[str]:
 
 def deidentify_files(src: str | Path, out_dir: str | Path, *, secret: Secret | str | Path | None,
                      profile: str = "basic", options: Iterable[str | Option] = (), recipe: Any = None,
-                     allow_burned_in: bool = False, workers: int = 1,
+                     allow_burned_in: bool = False, workers: int = 1, engine: str = "local",
+                     spark_master: str | None = None,
                      progress: Callable[[int], None] | None = None,
                      on_start: Callable[[int], None] | None = None) -> DeidSummary:
     """De-identify every file under ``src`` (a file or a folder) into
     ``out_dir/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with the new UIDs
-    (source names may hold PHI, so none is reused). Files that are not DICOM count as errors."""
+    (source names may hold PHI, so none is reused). Files that are not DICOM count as errors.
+    ``engine``: "local" (``workers`` processes) or "spark" (tasks on ``spark_master``, default
+    ``local[*]``); both write the same files."""
     job = _job(profile, options, recipe, secret, allow_burned_in, False)
     files = _list_files(Path(src))
     if on_start is not None:
         on_start(len(files))
     summary = DeidSummary(uuid.uuid4().hex, str(out_dir))
     start = time.perf_counter()
-    for outcome in _run_all(job, [(f, None, str(out_dir)) for f in files], workers, progress):
+    for outcome in _run_all(job, [(f, None, str(out_dir)) for f in files], workers, progress, engine,
+                            spark_master):
         summary.add(outcome)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -292,13 +325,16 @@ def _inside(path: Path, root: Path) -> bool:
 def deidentify_lake(source: Any, out: str | Path, *, where: str = "TRUE", secret: Secret | str | Path | None,
                     profile: str = "basic", options: Iterable[str | Option] = (), recipe: Any = None,
                     allow_burned_in: bool = False, mapping: str | Path | None = None, workers: int = 1,
+                    engine: str = "local", spark_master: str | None = None,
                     progress: Callable[[int], None] | None = None,
                     on_start: Callable[[int], None] | None = None) -> DeidSummary:
     """De-identify the instances of the lake ``source`` (a :class:`voxlake.Lake` or its URI) that
     match the SQL condition ``where`` into the research lake ``out``: files under ``out/dicom/``,
     ingested into ``out``'s tables, and one ``deid_audit`` row per source instance. ``mapping``
     (a Parquet path outside ``out``) receives original → new identifiers for authorised
-    re-identification; it is written only when given."""
+    re-identification; it is written only when given. ``engine`` "spark" runs the files as Spark
+    tasks on ``spark_master`` and ingests the research lake with Spark too; the output is the same
+    as the local engine's."""
     import voxlake
 
     out_path = Path(out)
@@ -316,10 +352,12 @@ def deidentify_lake(source: Any, out: str | Path, *, where: str = "TRUE", secret
     summary = DeidSummary(uuid.uuid4().hex, str(out_path))
     start = time.perf_counter()
     sha = {uri: digest for uri, digest in rows}
-    for outcome in _run_all(job, [(uri, None, str(landing)) for uri, _ in rows], workers, progress):
+    for outcome in _run_all(job, [(uri, None, str(landing)) for uri, _ in rows], workers, progress, engine,
+                            spark_master):
         summary.add(outcome)
     if summary.written:
-        ingest = voxlake.open(str(out_path)).ingest(str(landing), workers=0 if workers <= 1 else workers)
+        ingest = voxlake.open(str(out_path)).ingest(str(landing), engine=engine, spark_master=spark_master,
+                                                    workers=0 if workers <= 1 else workers)
         summary.ingested = ingest.indexed
     _write_audit(out_path, summary, job, sha)
     if mapping is not None:
