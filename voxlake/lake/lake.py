@@ -24,7 +24,7 @@ class Lake:
     def __init__(self, uri: str) -> None:
         self.uri = storage.normalize(uri)
         self._con: Any = None
-        self._versions: tuple[int, ...] | None = None
+        self._versions: tuple[Any, ...] | None = None
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r})"
@@ -115,7 +115,7 @@ class Lake:
 
     def connect(self) -> Any:
         """A DuckDB connection with the lake's views and macros, at the current versions."""
-        versions = tuple(self.versions().values())
+        versions = tuple(self.versions().values()) + self._extra_versions()
         if self._con is None or versions != self._versions:
             from voxlake.lake.sql import connect
 
@@ -124,6 +124,17 @@ class Lake:
             self._con = connect(self.uri)
             self._versions = versions
         return self._con
+
+    def _extra_versions(self) -> tuple[tuple[str, int], ...]:
+        """Versions of the lake's other Delta tables (deid_audit, segment_stats, ...): a commit to
+        one of them makes :meth:`connect` open a new connection, as a commit to a core table does."""
+        from deltalake import DeltaTable
+
+        from voxlake.lake.sql import extra_tables
+
+        opts = storage.delta_storage_options(self.uri)
+        return tuple((name, DeltaTable(storage.join(self.uri, name), storage_options=opts).version())
+                     for name in extra_tables(self.uri))
 
     def sql(self, query: str) -> Result:
         """Run SQL in DuckDB over the current table versions; returns a ``Result`` with

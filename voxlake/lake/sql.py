@@ -91,6 +91,22 @@ _MACROS = [
 ]
 
 
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def extra_tables(lake_uri: str) -> list[str]:
+    """Delta tables beside the core ones, written by other parts of voxlake (``deid_audit``,
+    ``segment_stats``, ``meshes``, ...): every folder of the lake with a ``_delta_log``, by name."""
+    fs = storage.filesystem(lake_uri)
+    root = storage.normalize(lake_uri)
+    try:
+        folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    except FileNotFoundError:
+        return []
+    names = [n for n in folders if _TABLE_NAME.match(n) and n not in RAW_NAMES]
+    return sorted(n for n in names if fs.exists(storage.join(root, n, "_delta_log")))
+
+
 def connect(lake_uri: str) -> Any:
     """A DuckDB connection with the lake's tables (current versions), views and macros."""
     import duckdb
@@ -118,6 +134,22 @@ def connect(lake_uri: str) -> Any:
             con.register(raw, dataset(lake_uri, files, schema.TABLES[table]))
     for name, select in view_definitions("duckdb"):
         con.execute(f"CREATE VIEW {name} AS {select}")
+    taken = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    for name in extra_tables(lake_uri):
+        if name in taken:
+            continue
+        dt = DeltaTable(storage.join(lake_uri, name), storage_options=opts)
+        files = dt.file_uris()
+        arrow_schema = pa.schema(dt.schema().to_arrow())
+        if not files:
+            con.register(name, arrow_schema.empty_table())
+        elif local:
+            con.register(f"_{name}_schema", arrow_schema.empty_table())
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_schema UNION ALL BY NAME "
+                        f"SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+        else:
+            con.register(name, dataset(lake_uri, files, arrow_schema))
     for macro in _MACROS:
         con.execute(macro)
     return con
