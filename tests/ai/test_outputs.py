@@ -1,0 +1,246 @@
+"""Segmentation outputs: the DICOM SEG, segment statistics, NIfTI, and ``record`` into a lake, on a small
+synthetic phantom whose truth labels (and known geometry) give the expected values independently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+pytest.importorskip("highdicom")
+pytest.importorskip("nibabel")
+
+from voxlake.ai.outputs import record, record_error, write_nifti
+from voxlake.ai.seg import EmptySegmentationError, segment_code, segmentation
+from voxlake.ai.stats import segment_stats
+from voxlake.errors import InvalidArgumentError
+
+MODEL, VERSION = "phantom-organs", "3"
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """One 24-slice 64x64 phantom (5 mm slices, pelvis: body, bladder, spine, bone) and its truth."""
+    from voxlake.synth.phantom import ORGANS, generate_phantoms
+
+    out = tmp_path_factory.mktemp("phantom")
+    result = generate_phantoms(out, cases=1, seed=3, rows=64, columns=64, slices=24)
+    c = result.cases[0]
+    truth = json.loads(c.labels_path.read_text())["case"]
+    import nibabel as nib
+
+    labels = np.asarray(nib.load(c.nifti_path).dataobj).transpose(2, 1, 0)  # (k, j, i), k along +z
+    return {"case": c, "truth": truth, "labels": labels.astype(np.uint8),
+            "names": {o.label: o.name for o in ORGANS.values()}}
+
+
+@pytest.fixture(scope="module")
+def volume(case):
+    from voxlake.ai.volume import volume_from_datasets
+
+    return volume_from_datasets(pydicom.dcmread(p) for p in case["case"].ct_files)
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+# -- SEG --------------------------------------------------------------------------------------------------
+
+
+def test_seg_has_one_binary_segment_per_present_label_numbered_consecutively(case, volume):
+    seg = segmentation(volume, case["labels"], case["names"], model_name=MODEL, model_version=VERSION)
+    present = sorted(int(v) for v in np.unique(case["labels"]) if v)
+    assert seg.SegmentationType == "BINARY"
+    assert [s.SegmentNumber for s in seg.SegmentSequence] == list(range(1, len(present) + 1))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [case["names"][v] for v in present]
+    for s in seg.SegmentSequence:
+        assert s.SegmentAlgorithmType == "AUTOMATIC"
+        assert s.SegmentAlgorithmName == MODEL
+        algorithm = s.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == (MODEL, VERSION)
+    body = seg.SegmentSequence[0]
+    assert body.SegmentedPropertyTypeCodeSequence[0].CodeValue == "38266002"  # Entire body
+
+
+def test_seg_is_in_the_source_study_and_references_every_source_instance(case, volume):
+    seg = segmentation(volume, case["labels"], case["names"], model_name=MODEL, model_version=VERSION)
+    assert seg.StudyInstanceUID == volume.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == volume.headers[0].FrameOfReferenceUID
+    assert seg.SeriesInstanceUID != volume.SeriesInstanceUID
+    assert MODEL in seg.SeriesDescription and VERSION in seg.SeriesDescription
+    series = seg.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == volume.SeriesInstanceUID
+    assert {r.ReferencedSOPInstanceUID for r in series.ReferencedInstanceSequence} == {
+        sop for sop, _ in volume.sources}
+    # every frame is derived from the source slice at its position
+    by_uid = {sop: k for k, (sop, _) in enumerate(volume.sources)}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        z = float(frame.PlanePositionSequence[0].ImagePositionPatient[2])
+        assert z == pytest.approx(volume.affine[2, 3] + by_uid[source] * volume.spacing[0], abs=1e-3)
+
+
+def test_seg_read_back_with_highdicom_equals_the_label_map(case, volume, tmp_path):
+    import highdicom as hd
+
+    seg = segmentation(volume, case["labels"], case["names"], model_name=MODEL, model_version=VERSION)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    read = hd.seg.segread(path)
+    assert read.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    source_uids = [sop for sop, _ in volume.sources]
+    present = sorted(int(v) for v in np.unique(case["labels"]) if v)
+    array = read.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, combine_segments=True,
+                                               skip_overlap_checks=True)
+    lut = np.zeros(256, np.uint8)
+    lut[np.arange(1, len(present) + 1)] = present
+    assert np.array_equal(lut[array], case["labels"])
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not on PATH")
+def test_seg_passes_dciodvfy_without_errors(case, volume, tmp_path):
+    seg = segmentation(volume, case["labels"], case["names"], model_name=MODEL, model_version=VERSION)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    assert _dciodvfy_errors(path) == []
+
+
+def test_seg_of_a_label_map_without_any_label_is_refused_naming_the_series(volume):
+    empty = np.zeros(volume.shape, np.uint8)
+    with pytest.raises(EmptySegmentationError, match=volume.SeriesInstanceUID):
+        segmentation(volume, empty, {1: "body"}, model_name=MODEL, model_version=VERSION)
+
+
+def test_seg_of_a_label_map_of_another_shape_is_refused(volume):
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        segmentation(volume, np.ones((2, 3, 4), np.uint8), {1: "body"}, model_name=MODEL, model_version=VERSION)
+
+
+def test_segment_codes_cover_ct_tissue_names_phantom_organs_and_unknown_names():
+    assert segment_code("lung").property_type.value == "39607008"
+    assert segment_code("fat").property_type.value == "55603005"
+    assert segment_code("muscle").category.value == "85756007"
+    kidney = segment_code("kidney_left")
+    assert (kidney.property_type.value, kidney.modifier.value) == ("64033007", "7771000")
+    assert segment_code("something-new").property_type.meaning == "Tissue"
+
+
+# -- statistics -------------------------------------------------------------------------------------------
+
+
+def test_stats_match_truth_volumes_hu_means_and_boxes_computed_from_the_files(case, volume):
+    truth, labels = case["truth"], case["labels"]
+    rows = segment_stats(volume, labels, case["names"], model_name=MODEL, model_version=VERSION,
+                         seg_sop_instance_uid="1.2.3", run_id="run-1")
+    # HU straight from the CT files, slices ordered by z (the phantom is axial, feet first)
+    slices = sorted((pydicom.dcmread(p) for p in case["case"].ct_files),
+                    key=lambda ds: float(ds.ImagePositionPatient[2]))
+    hu = np.stack([ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in slices])
+    dz, dy, dx = truth["spacing"]
+    origin = np.array(truth["origin"])
+    assert [r["label"] for r in rows] == [case["names"][v] for v in sorted(np.unique(labels)) if v]
+    for row in rows:
+        mask = labels == row["label_value"]
+        assert row["SeriesInstanceUID"] == truth["SeriesInstanceUID"]
+        assert (row["model"], row["model_version"], row["run_id"]) == (MODEL, VERSION, "run-1")
+        assert row["SegmentationSOPInstanceUID"] == "1.2.3"
+        assert row["voxels"] == int(mask.sum())
+        assert row["volume_ml"] == pytest.approx(truth["organ_volumes_ml"][row["label"]], abs=1e-2)
+        assert row["mean_hu"] == pytest.approx(hu[mask].mean(), abs=1e-3)
+        assert row["std_hu"] == pytest.approx(hu[mask].std(), abs=1e-3)
+        index = np.argwhere(mask)
+        assert row["bbox_min_index"] == index.min(axis=0).tolist()
+        assert row["bbox_max_index"] == index.max(axis=0).tolist()
+        k0, j0, i0 = index.min(axis=0)
+        k1, j1, i1 = index.max(axis=0)
+        assert row["bbox_min_mm"] == pytest.approx(origin + np.array([i0 * dx, j0 * dy, k0 * dz]), abs=1e-3)
+        assert row["bbox_max_mm"] == pytest.approx(origin + np.array([i1 * dx, j1 * dy, k1 * dz]), abs=1e-3)
+        assert row["centroid_mm"] == pytest.approx(truth["organ_centres_lps_mm"][row["label"]], abs=1e-2)
+
+
+# -- NIfTI ------------------------------------------------------------------------------------------------
+
+
+def test_nifti_holds_the_label_map_with_the_ras_affine_of_the_phantoms_own_nifti(case, volume, tmp_path):
+    import nibabel as nib
+
+    path = write_nifti(volume, case["labels"], tmp_path / "labels.nii.gz")
+    ours, truth = nib.load(path), nib.load(case["case"].nifti_path)
+    assert np.array_equal(np.asarray(ours.dataobj), np.asarray(truth.dataobj))
+    assert np.allclose(ours.affine, truth.affine, atol=1e-3)
+    # columns run to the patient's left, rows to posterior, slices to superior
+    assert nib.aff2axcodes(ours.affine) == ("L", "P", "S")
+
+
+# -- record -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recorded(case, volume, tmp_path_factory):
+    import voxlake
+
+    lake_dir = tmp_path_factory.mktemp("lake")
+    lake = voxlake.open(str(lake_dir))
+    lake.ingest(str(case["case"].directory / "ct"), workers=0)
+    result = record(lake, volume, case["labels"], case["names"], model_name=MODEL, model_version=VERSION,
+                    nifti=True, meshes=True, mesh_step=1)
+    return lake, result
+
+
+def test_record_ingests_the_seg_into_instances_in_the_same_study(recorded, volume):
+    lake, result = recorded
+    assert result.seg_path.is_file()
+    assert result.seg_path.is_relative_to(Path(lake.uri) / "dicom" / "derived")
+    rows = lake.sql(f"SELECT Modality, StudyInstanceUID, SeriesInstanceUID, uri FROM instances "
+                    f"WHERE SOPInstanceUID = '{result.SOPInstanceUID}'").fetchall()
+    assert len(rows) == 1
+    modality, study, series, uri = rows[0]
+    assert (modality, study, series) == ("SEG", volume.StudyInstanceUID, result.SeriesInstanceUID)
+    assert Path(uri) == result.seg_path
+    (modalities,) = lake.sql(f"SELECT ModalitiesInStudy FROM studies WHERE StudyInstanceUID = '{study}'"
+                             ).fetchall()[0]
+    assert modalities.split("\\") == ["CT", "SEG"]
+
+
+def test_record_appends_stats_and_mesh_rows_naming_the_series_model_version_and_seg(recorded, volume):
+    from deltalake import DeltaTable
+
+    lake, result = recorded
+    stats = DeltaTable(str(Path(lake.uri) / "segment_stats")).to_pyarrow_table().to_pylist()
+    meshes = DeltaTable(str(Path(lake.uri) / "meshes")).to_pyarrow_table().to_pylist()
+    assert {r["label"] for r in stats} == {r["label"] for r in result.stats} == {r["label"] for r in meshes}
+    for row in stats + meshes:
+        assert row["SeriesInstanceUID"] == volume.SeriesInstanceUID
+        assert (row["model"], row["model_version"]) == (MODEL, VERSION)
+        assert row["SegmentationSOPInstanceUID"] == result.SOPInstanceUID
+        assert row["run_id"] == result.run_id
+    for row in meshes:
+        assert Path(row["uri"]).is_file() and row["faces"] > 0
+        voxels = next(s for s in stats if s["label"] == row["label"])["volume_ml"]
+        assert row["volume_ml"] == pytest.approx(voxels, rel=0.35)  # 5 mm slices: coarse surfaces
+    assert result.nifti_path is not None and result.nifti_path.is_file()
+
+
+def test_record_error_appends_one_line_rows_to_segment_errors(tmp_path):
+    from deltalake import DeltaTable
+
+    import voxlake
+
+    lake = voxlake.open(str(tmp_path))
+    record_error(lake, "1.2.3", MODEL, VERSION, "VolumeError", "series 1.2.3: gantry tilt 15°\ntraceback...")
+    rows = DeltaTable(str(tmp_path / "segment_errors")).to_pyarrow_table().to_pylist()
+    assert [(r["SeriesInstanceUID"], r["model_version"], r["error_class"], r["message"]) for r in rows] == [
+        ("1.2.3", VERSION, "VolumeError", "series 1.2.3: gantry tilt 15°")]
+
+
+def test_segment_stats_are_queryable_with_lake_sql(recorded):
+    lake, result = recorded
+    rows = lake.sql(f"SELECT label FROM segment_stats WHERE run_id = '{result.run_id}'").fetchall()
+    assert {r[0] for r in rows} == {r["label"] for r in result.stats}

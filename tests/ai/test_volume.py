@@ -1,0 +1,274 @@
+"""Series → volume: sorting, rescale, spacing, affine, and every geometry problem reported by name.
+
+Modified series are copies of the real 134-slice CT (3.0 mm apart, axial) made by each test."""
+
+from __future__ import annotations
+
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.ai.conftest import ENHANCED_CT
+from tests.conftest import SHARED_DATA, need
+from voxlake.ai.errors import VolumeError
+from voxlake.ai.volume import volume_from_datasets
+from voxlake.errors import InvalidDicomError
+
+
+def _copy(ds, **changes):
+    """A copy of ``ds`` sharing its elements (Pixel Data included) with ``changes`` applied."""
+    from pydicom import Dataset
+
+    out = Dataset(dict(ds.items()))
+    out.file_meta = ds.file_meta
+    for keyword, value in changes.items():
+        if keyword in out:
+            del out[keyword]  # setattr would change the element the original shares
+        setattr(out, keyword, value)
+    return out
+
+
+def _moved(ds, dx=0.0, dy=0.0, dz=0.0):
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    return _copy(ds, ImagePositionPatient=[round(x + dx, 4), round(y + dy, 4), round(z + dz, 4)])
+
+
+def _z_sorted(datasets):
+    return sorted(datasets, key=lambda d: float(d.ImagePositionPatient[2]))
+
+
+# -- the real series ---------------------------------------------------------------------------
+
+
+def test_real_ct_becomes_134_axial_slices_in_hounsfield_units(ct_volume, ct_datasets):
+    v = ct_volume
+    assert v.shape == (134, 512, 512)
+    assert v.array.dtype == np.float32
+    assert v.spacing == pytest.approx((3.0, 1.07421875, 1.07421875))
+    assert v.Modality == "CT"
+    assert v.SeriesInstanceUID == ct_datasets[0].SeriesInstanceUID
+    assert v.warnings == []
+    # Air outside the patient reads about -1000 HU once RescaleIntercept (-1000) is applied.
+    assert float(np.median(v.array[:, :20, :20])) == pytest.approx(-1000, abs=30)
+
+
+def test_slices_ascend_along_the_normal_and_each_equals_its_rescaled_pixels(ct_volume, ct_datasets):
+    by_sop = {d.SOPInstanceUID: d for d in ct_datasets}
+    z = [float(by_sop[sop].ImagePositionPatient[2]) for sop, _ in ct_volume.sources]
+    assert z == sorted(z) and len(set(z)) == 134  # normal of [1,0,0,0,1,0] is +z
+    for k in (0, 67, 133):
+        ds = by_sop[ct_volume.sources[k][0]]
+        expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        np.testing.assert_array_equal(ct_volume.array[k], expected.astype(np.float32))
+
+
+def test_affine_maps_voxel_indices_to_patient_coordinates(ct_volume, ct_datasets):
+    by_sop = {d.SOPInstanceUID: d for d in ct_datasets}
+    for k, j, i in [(0, 0, 0), (50, 10, 300), (133, 511, 7)]:
+        ds = by_sop[ct_volume.sources[k][0]]
+        row, col = (
+            np.array(ds.ImageOrientationPatient[:3], float),
+            np.array(ds.ImageOrientationPatient[3:], float),
+        )
+        expected = (
+            np.array(ds.ImagePositionPatient, float)
+            + i * row * float(ds.PixelSpacing[1])
+            + j * col * float(ds.PixelSpacing[0])
+        )
+        np.testing.assert_allclose((ct_volume.affine @ [k, j, i, 1])[:3], expected, atol=1e-3)
+
+
+def test_headers_follow_sources_and_carry_no_pixel_data(ct_volume):
+    assert [h.SOPInstanceUID for h in ct_volume.headers] == [sop for sop, _ in ct_volume.sources]
+    assert all("PixelData" not in h for h in ct_volume.headers)
+    assert all(frame == 1 for _, frame in ct_volume.sources)
+
+
+def test_file_order_does_not_change_the_volume(ct_volume, ct_datasets):
+    shuffled = list(ct_datasets)
+    random.Random(7).shuffle(shuffled)
+    v = volume_from_datasets(shuffled)
+    assert v.sources == ct_volume.sources
+    np.testing.assert_array_equal(v.array, ct_volume.array)
+    np.testing.assert_array_equal(v.affine, ct_volume.affine)
+
+
+# -- problems, each named --------------------------------------------------------------------
+
+
+def test_a_removed_slice_is_reported_as_missing_slices(ct_datasets):
+    series = _z_sorted(ct_datasets)
+    del series[60]
+    with pytest.raises(
+        VolumeError, match=r"missing slices: a gap of 6\.00 mm .*1 slice\(s\) of 3\.00 mm missing"
+    ) as e:
+        volume_from_datasets(series)
+    assert ct_datasets[0].SeriesInstanceUID in str(e.value)
+    assert isinstance(e.value, InvalidDicomError)
+
+
+def test_a_tilted_copy_is_reported_with_its_angle(ct_datasets):
+    series = _z_sorted(ct_datasets)[:20]
+    step = np.tan(np.radians(15.0)) * 3.0  # y moves with z, as on a gantry tilted by 15 degrees
+    tilted = [_moved(d, dy=k * step) for k, d in enumerate(series)]
+    with pytest.raises(VolumeError, match=r"gantry tilt of 15\.0 degrees"):
+        volume_from_datasets(tilted)
+
+
+def test_the_real_gantry_tilted_head_ct_is_reported_at_18_5_degrees():
+    folder = need(SHARED_DATA / "dcm_qa_ct" / "In" / "GE")
+    import pydicom
+
+    datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+    with pytest.raises(VolumeError, match=r"gantry tilt of 18\.5 degrees"):
+        volume_from_datasets(datasets)
+
+
+def test_position_jitter_below_5_percent_is_accepted_with_a_warning(ct_datasets):
+    series = _z_sorted(ct_datasets)[:20]
+    jittered = [_moved(d, dz=0.1 if k == 10 else 0.0) for k, d in enumerate(series)]  # 3.3% of 3 mm
+    v = volume_from_datasets(jittered)
+    assert v.spacing[0] == pytest.approx(3.0, abs=1e-6)
+    assert len(v.warnings) == 1 and "slice spacing varies from 2.900 to 3.100 mm" in v.warnings[0]
+
+
+def test_rounding_of_positions_gives_no_warning(ct_datasets):
+    series = _z_sorted(ct_datasets)[:20]
+    v = volume_from_datasets([_moved(d, dz=0.005 * (k % 2)) for k, d in enumerate(series)])
+    assert v.warnings == []
+
+
+def test_uneven_spacing_beyond_tolerance_is_an_error(ct_datasets):
+    series = _z_sorted(ct_datasets)[:20]
+    uneven = [_moved(d, dz=1.0 if k % 2 else 0.0) for k, d in enumerate(series)]  # gaps 4, 2, 4, ...
+    with pytest.raises(VolumeError, match=r"uneven slice spacing: gaps from 2\.00 to 4\.00 mm"):
+        volume_from_datasets(uneven)
+
+
+def test_an_identical_duplicate_instance_is_dropped_with_a_warning(ct_datasets):
+    series = [*ct_datasets, _copy(ct_datasets[5])]
+    v = volume_from_datasets(series)
+    assert v.shape == (134, 512, 512)
+    assert (
+        len(v.warnings) == 1
+        and "dropped an identical duplicate of " + ct_datasets[5].SOPInstanceUID in v.warnings[0]
+    )
+
+
+def test_a_different_instance_at_the_same_position_is_an_error(ct_datasets):
+    conflicting = _copy(ct_datasets[5], SOPInstanceUID="1.2.3.4.5")
+    with pytest.raises(VolumeError, match="conflicting duplicate slices"):
+        volume_from_datasets([*ct_datasets[:20], conflicting])
+
+
+def test_the_same_instance_with_other_pixels_is_an_error(ct_datasets):
+    changed = _copy(ct_datasets[5], PixelData=bytes(len(ct_datasets[5].PixelData)))
+    with pytest.raises(VolumeError, match="conflicting duplicate slices"):
+        volume_from_datasets([*ct_datasets[:20], changed])
+
+
+def test_mixed_rows_and_columns_are_an_error(ct_datasets):
+    small = ct_datasets[3]
+    half = small.pixel_array[::2, ::2].copy()
+    resized = _copy(small, Rows=256, Columns=256, PixelData=half.tobytes())
+    with pytest.raises(VolumeError, match=r"mixed Rows/Columns .*256x256 vs 512x512"):
+        volume_from_datasets([*ct_datasets[:3], resized, *ct_datasets[4:10]])
+
+
+def test_mixed_pixel_spacing_is_an_error(ct_datasets):
+    other = _copy(ct_datasets[3], PixelSpacing=[0.8, 0.8])
+    with pytest.raises(VolumeError, match="mixed PixelSpacing"):
+        volume_from_datasets([*ct_datasets[:3], other, *ct_datasets[4:10]])
+
+
+def test_mixed_orientation_is_an_error(ct_datasets):
+    other = _copy(ct_datasets[3], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    with pytest.raises(VolumeError, match="mixed ImageOrientationPatient"):
+        volume_from_datasets([*ct_datasets[:3], other, *ct_datasets[4:10]])
+
+
+def test_an_instance_without_pixel_data_is_an_error(ct_datasets):
+    bare = _copy(ct_datasets[3])
+    del bare.PixelData
+    with pytest.raises(VolumeError, match=f"{ct_datasets[3].SOPInstanceUID} has no Pixel Data"):
+        volume_from_datasets([*ct_datasets[:3], bare])
+
+
+def test_a_single_slice_is_not_a_volume(ct_datasets):
+    with pytest.raises(VolumeError, match="a single slice"):
+        volume_from_datasets(ct_datasets[:1])
+    with pytest.raises(VolumeError, match="no instances"):
+        volume_from_datasets([])
+
+
+def test_instances_of_another_series_are_an_error(ct_datasets):
+    stranger = _copy(ct_datasets[3], SeriesInstanceUID="1.2.3")
+    with pytest.raises(VolumeError, match=r"belongs to series 1\.2\.3"):
+        volume_from_datasets([*ct_datasets[:3], stranger])
+
+
+# -- enhanced multi-frame ----------------------------------------------------------------------
+
+
+def test_real_enhanced_ct_frames_are_sorted_along_the_normal_and_rescaled():
+    import pydicom
+
+    ds = pydicom.dcmread(need(ENHANCED_CT))
+    v = volume_from_datasets([ds])
+    # Orientation [-1,0,0, 0,1,0]: the normal is -z, so frame 2 (z=-149) comes before frame 1 (z=-159).
+    assert v.sources == [(ds.SOPInstanceUID, 2), (ds.SOPInstanceUID, 1)]
+    assert v.spacing == pytest.approx((10.0, 0.388672, 0.388672))
+    np.testing.assert_array_equal(v.array[0], ds.pixel_array[1].astype(np.float32) - 1024)
+    np.testing.assert_allclose(v.affine[:3, 3], [99.5, -301.5, -149.0])
+
+
+@pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent")
+def test_enhanced_ct_built_from_the_classic_series_gives_the_same_volume(ct_datasets):
+    from highdicom.legacy import LegacyConvertedEnhancedCTImage
+
+    series = _z_sorted(ct_datasets)[40:52]
+    enhanced = LegacyConvertedEnhancedCTImage(
+        series,
+        series_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        series_number=99,
+        sop_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        instance_number=1,
+    )
+    classic = volume_from_datasets(series)
+    v = volume_from_datasets([enhanced])
+    np.testing.assert_array_equal(v.array, classic.array)
+    np.testing.assert_allclose(v.affine, classic.affine, atol=1e-4)
+    assert v.spacing == pytest.approx(classic.spacing)
+    assert {sop for sop, _ in v.sources} == {enhanced.SOPInstanceUID}
+    assert sorted(frame for _, frame in v.sources) == list(range(1, 13))
+
+
+# -- from the lake -----------------------------------------------------------------------------
+
+
+def test_load_series_reads_zipped_instances_of_the_lake(tmp_path: Path, ct_series: Path):
+    import pydicom
+
+    import voxlake
+    from voxlake.ai.volume import load_series
+
+    files = sorted(p for p in ct_series.iterdir() if p.is_file())[:20]
+    archive = tmp_path / "in" / "ct.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in files:
+            zf.write(p, p.name)
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(archive.parent), workers=1)
+    uid = lake.sql("SELECT DISTINCT SeriesInstanceUID FROM instances").fetchall()[0][0]
+    v = load_series(lake, uid)
+    expected = volume_from_datasets([pydicom.dcmread(p) for p in files])
+    assert v.shape == (20, 512, 512)
+    assert v.spacing[0] == pytest.approx(3.0)
+    assert v.sources == expected.sources
+    np.testing.assert_array_equal(v.array, expected.array)
+    with pytest.raises(VolumeError, match=r"series 9\.9\.9: no instances in the lake"):
+        load_series(lake, "9.9.9")
