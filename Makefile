@@ -66,6 +66,7 @@ bench: install java dicom-tools deid-tools viewer
 	$(PY) bench/dimse_bench.py
 	$(PY) bench/dicomweb_bench.py --million
 	$(PY) bench/viewer_bench.py
+	$(PY) bench/deid_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work .cache

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,11 +41,11 @@ __all__ = ["CATEGORIES", "Leak", "VerifyReport", "verify"]
 CATEGORIES = ("removed", "retained", "date_shifted", "uid_changed_consistent", "patient_id_consistent",
               "pixels_hidden", "pixels_retained")
 _STANDARD_UID = "1.2.840.10008."
-_PUBLIC_UIDS = {"00020010", "00020012", "00080112", "0008010c", "00080117", "00080118"}  # meta, coding schemes
+_PUBLIC_UIDS = {"00020010", "00020012", "00080112", "0008010C", "00080117", "00080118"}  # meta, coding schemes
 # Written by the de-identification or the pixel step itself; not "retained" attributes.
 _CHANGED_ON_PURPOSE = {"00120062", "00120063", "00120064", "00280301", "00280303", "00282110", "00282112",
                        "00282114", "00080016"}
-_SOURCE_ONLY = {"7fe00010", "7fe00008", "7fe00009"}
+_SOURCE_ONLY = {"7FE00010", "7FE00008", "7FE00009"}  # DICOM JSON tags are upper-case hex
 _DUMMIES = {"ANONYMOUS", "UNKNOWN", "NONE", "REMOVED", "N/A"}
 
 
@@ -234,56 +234,43 @@ def _regex(terms: dict[str, tuple[str, str]]) -> re.Pattern[str] | None:
 # -- verify --------------------------------------------------------------------------------------------
 
 
-def verify(source_lake: Any, deidentified_lake: Any, *, secret: Any = None, ocr: bool = True) -> VerifyReport:
+def verify(source_lake: Any, deidentified_lake: Any, *, secret: Any = None, ocr: bool = True,
+           pairs: Mapping[str, str] | None = None, options: Iterable[str] = ()) -> VerifyReport:
     """Check the research lake ``deidentified_lake`` against ``source_lake`` (each a
     :class:`voxlake.Lake` or its URI). ``secret`` (a :class:`~voxlake.deid.keys.Secret` or key file)
-    makes the UID and Patient ID checks exact; ``ocr`` adds the pixel checks (Tesseract; slow)."""
+    makes the UID and Patient ID checks exact; ``ocr`` adds the pixel checks (Tesseract; slow).
+
+    ``pairs`` (research ``instances.uri`` → source ``instances.uri``) checks the output of a tool
+    that writes no ``deid_audit`` table (another de-identifier): each pair is judged against the
+    Basic Profile with ``options``, as if voxlake had written it without redacting pixels."""
     import orjson
-    from deltalake import DeltaTable
 
     import voxlake
     from voxlake.deid.keys import Secret
     from voxlake.deid.profile import Profile
-    from voxlake.errors import InvalidArgumentError
-    from voxlake.lake import storage
 
     src = source_lake if hasattr(source_lake, "sql") else voxlake.open(str(source_lake))
     out = deidentified_lake if hasattr(deidentified_lake, "sql") else voxlake.open(str(deidentified_lake))
     key = None if secret is None else secret if isinstance(secret, Secret) else Secret.read(secret)
-    audit_uri = storage.join(out.uri, "deid_audit")
-    try:
-        audit = DeltaTable(audit_uri, storage_options=storage.delta_storage_options(out.uri)).to_pyarrow_table()
-    except Exception as exc:
-        raise InvalidArgumentError(f"{out.uri} has no deid_audit table; is it a research lake written by "
-                                   f"voxlake deid? ({type(exc).__name__})") from None
-    audit_rows: dict[str, dict[str, Any]] = {}
-    for row in sorted(audit.to_pylist(), key=lambda r: r["deidentified_at"]):
-        if row["status"] == "written" and row["SOPInstanceUID"]:
-            audit_rows[row["SOPInstanceUID"]] = row
     research = out.sql("SELECT SOPInstanceUID, PatientID, StudyInstanceUID, SeriesInstanceUID, uri, meta, "
-                       "has_pixels FROM instances ORDER BY SOPInstanceUID").fetchall()
-    shas = sorted({r["source_sha256"] for r in audit_rows.values() if r["source_sha256"]})
-    sources = {row[0]: row for row in src.connect().execute(
-        "SELECT sha256, SOPInstanceUID, PatientID, StudyInstanceUID, SeriesInstanceUID, uri, meta "
-        "FROM instances WHERE sha256 IN (SELECT unnest($1::VARCHAR[]))", [shas]).fetchall()}
+                       "has_pixels FROM instances ORDER BY SOPInstanceUID, uri").fetchall()
     report = VerifyReport(instances=len(research))
-    research_sops = {r[0] for r in research}
-    pairs = []
-    for sop, pid, study, series, uri, meta, has_pixels in research:
-        row = audit_rows.get(sop)
-        s = sources.get(row["source_sha256"]) if row else None
-        if s is None:
-            report.unmatched.append(sop)
-            continue
-        pairs.append(((sop, pid, study, series, uri, orjson.loads(meta), has_pixels), s, row))
-    source_sops = {s[1] for _, s, _ in pairs}
+    if pairs is None:
+        matched, unmatched = _audited(src, out, research)
+    else:
+        matched, unmatched = _paired(src, research, pairs, ",".join(("basic", *options)))
+    report.unmatched.extend(unmatched)
+    # an instance without a SOP Instance UID (some tools remove it) is named by its file
+    joined = [(((r[0] or r[4]), *r[1:5], orjson.loads(r[5]), r[6]), s, row) for r, s, row in matched]
+    research_sops = {r[0] for r in research if r[0]}
+    source_sops = {s[1] for _, s, _ in joined}
     profiles: dict[str, Profile] = {}
     links: dict[str, dict[str, set[str]]] = {k: defaultdict(set) for k in ("study", "series", "patient")}
     back: dict[str, dict[str, set[str]]] = {k: defaultdict(set) for k in ("study", "series", "patient")}
     shifts: dict[str, set[int]] = defaultdict(set)
-    for (sop, pid, study, series, uri, meta, has_pixels), s, row in pairs:
-        options = [o for o in (row.get("profile") or "basic").split(",")[1:] if o]
-        profile = profiles.setdefault(",".join(options), Profile(options))
+    for (sop, pid, study, series, uri, meta, has_pixels), s, row in joined:
+        chosen = [o for o in (row.get("profile") or "basic").split(",")[1:] if o]
+        profile = profiles.setdefault(",".join(chosen), Profile(chosen))
         facts = _source_facts(orjson.loads(s[6]), profile)
         _check_header(report, sop, meta, facts, source_sops, research_sops, key, shifts, s[2] or s[3])
         for kind, old, new in (("study", s[3], study), ("series", s[4], series), ("patient", s[2], pid)):
@@ -308,6 +295,59 @@ def verify(source_lake: Any, deidentified_lake: Any, *, secret: Any = None, ocr:
         if days and max(days) - min(days) > 1:
             report.leaks.append(Leak("date-shift-inconsistent", "date_shifted", "", "patient", patient and "PatientID"))
     return report
+
+
+_Row = tuple[Any, ...]
+
+
+def _audited(src: Any, out: Any, research: list[_Row]) -> tuple[list[tuple[_Row, _Row, dict[str, Any]]], list[str]]:
+    """(research row, source row, audit row) through the research lake's ``deid_audit`` table;
+    and the research instances it does not account for."""
+    from deltalake import DeltaTable
+
+    from voxlake.errors import InvalidArgumentError
+    from voxlake.lake import storage
+
+    audit_uri = storage.join(out.uri, "deid_audit")
+    try:
+        audit = DeltaTable(audit_uri, storage_options=storage.delta_storage_options(out.uri)).to_pyarrow_table()
+    except Exception as exc:
+        raise InvalidArgumentError(f"{out.uri} has no deid_audit table; is it a research lake written by "
+                                   f"voxlake deid? (or give verify the pairs) ({type(exc).__name__})") from None
+    audit_rows: dict[str, dict[str, Any]] = {}
+    for row in sorted(audit.to_pylist(), key=lambda r: r["deidentified_at"]):
+        if row["status"] == "written" and row["SOPInstanceUID"]:
+            audit_rows[row["SOPInstanceUID"]] = row
+    shas = sorted({r["source_sha256"] for r in audit_rows.values() if r["source_sha256"]})
+    sources = {row[0]: row for row in src.connect().execute(
+        "SELECT sha256, SOPInstanceUID, PatientID, StudyInstanceUID, SeriesInstanceUID, uri, meta "
+        "FROM instances WHERE sha256 IN (SELECT unnest($1::VARCHAR[]))", [shas]).fetchall()}
+    matched, unmatched = [], []
+    for r in research:
+        row = audit_rows.get(r[0])
+        s = sources.get(row["source_sha256"]) if row else None
+        if s is None:
+            unmatched.append(r[0])
+        else:
+            matched.append((r, s, row))
+    return matched, unmatched
+
+
+def _paired(src: Any, research: list[_Row], pairs: Mapping[str, str],
+            profile: str) -> tuple[list[tuple[_Row, _Row, dict[str, Any]]], list[str]]:
+    """(research row, source row, audit-like row) from explicit research → source file pairs."""
+    wanted = sorted(set(pairs.values()))
+    sources = {row[5]: row for row in src.connect().execute(
+        "SELECT sha256, SOPInstanceUID, PatientID, StudyInstanceUID, SeriesInstanceUID, uri, meta "
+        "FROM instances WHERE uri IN (SELECT unnest($1::VARCHAR[]))", [wanted]).fetchall()}
+    matched, unmatched = [], []
+    for r in research:
+        s = sources.get(pairs.get(r[4], ""))
+        if s is None:
+            unmatched.append(r[0] or r[4])
+        else:
+            matched.append((r, s, {"profile": profile, "pixel_boxes": []}))
+    return matched, unmatched
 
 
 def _check_header(report: VerifyReport, sop: str, meta: dict[str, Any], facts: _Source, source_sops: set[str],
