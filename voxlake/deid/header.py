@@ -270,13 +270,9 @@ class _Run:
         """The identifying values of the (original) dataset: every value of an attribute the profile
         does not keep, names in their variants, dates in their usual spellings."""
         terms: set[str] = set()
-        for elem in _walk_all(ds):
-            if elem.VR == "SQ" or elem.VR in _BINARY_VRS:
-                continue
+        for elem in self._identifying(ds):
             private = elem.tag.is_private
             action = None if private else self.profile.action(elem.tag)
-            if not private and action in (None, Action.KEEP) and elem.VR != "PN":
-                continue
             for v in _values(elem):
                 if elem.VR == "PN":
                     terms |= _name_terms(v)
@@ -287,15 +283,41 @@ class _Run:
                     terms.add(v.strip())  # identifiers, addresses, phones; not descriptions
         return {t for t in terms if t and not t.isspace()}
 
+    def _identifying(self, ds: Dataset) -> Iterator[DataElement]:
+        """Elements, at any depth, whose values may identify: private ones, person names, and
+        those the profile does not keep. Others are not converted from their raw bytes."""
+        for tag in sorted(int(t) for t in ds.keys()):  # noqa: SIM118 (iterating a Dataset converts)
+            vr = _raw_vr(ds, tag)
+            private = (tag >> 16) % 2 == 1
+            if vr == "SQ" or private:
+                elem = ds[tag]
+                if elem.VR == "SQ":
+                    for item in elem.value or ():
+                        yield from self._identifying(item)
+                    continue
+            elif vr in _BINARY_VRS or (vr != "PN" and self.profile.action(tag) in (None, Action.KEEP)):
+                continue
+            elem = ds[tag]
+            if elem.VR not in _BINARY_VRS and elem.VR != "SQ":
+                yield elem
+
     # -- the walk -----------------------------------------------------------------------------
 
     def walk(self, ds: Dataset, prefix: str) -> None:
-        originals = {e.keyword: str(e.value or "") for e in ds if e.VR in ("DA", "TM") and e.keyword}
+        # Elements are converted from their raw bytes only when their action needs the value: the
+        # rest (most of a header) are written back as they were read, which is most of the speed.
+        originals = _originals(ds) if self._cleaner is not None else {}  # only a CLEAN shifts dates
         creators: dict[int, str] = {}
         kept_blocks: set[int] = set()
-        for elem in list(ds):
-            tag = int(elem.tag)
+        for tag in sorted(int(t) for t in ds.keys()):  # noqa: SIM118 (iterating a Dataset converts)
             group, element = tag >> 16, tag & 0xFFFF
+            if group % 2 == 0 and group != 0x0002:
+                action = self.profile.action(tag)
+                if action is None:
+                    vr = _raw_vr(ds, tag)
+                    if vr not in ("UI", "SQ") or (vr == "UI" and self.d.retain_uids):
+                        continue
+            elem = ds[tag]
             path = f"{prefix}{elem.keyword or _tag_text(tag)}"
             if group % 2 == 1:
                 if 0x0010 <= element <= 0x00FF:
@@ -441,6 +463,32 @@ class _Run:
 def _is_descriptor(tag: int) -> bool:
     row = TABLE.get(f"{tag:08x}")
     return row is not None and Option.CLEAN_DESCRIPTORS in row.options
+
+
+def _raw_vr(ds: Dataset, tag: int) -> str:
+    """The VR of an element without converting its value: the dictionary's for implicit VR and
+    for UN (pydicom converts a known tag stored as UN to its dictionary VR, SQ included)."""
+    vr = getattr(ds.get_item(tag), "VR", None)
+    if vr and vr != "UN":
+        return str(vr)
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+def _originals(ds: Dataset) -> dict[str, str]:
+    """The dataset's DA and TM values by keyword, before any is shifted (a date is shifted with
+    its time, and a time with its date)."""
+    from pydicom.datadict import keyword_for_tag
+
+    out = {}
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
+        if int(tag) >> 16 != 0x0002 and _raw_vr(ds, int(tag)) in ("DA", "TM") and (kw := keyword_for_tag(tag)):
+            out[kw] = str(ds[tag].value or "")
+    return out
 
 
 def _walk_all(ds: Dataset) -> Iterator[DataElement]:
