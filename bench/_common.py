@@ -100,3 +100,44 @@ def write_section(path: Path, heading: str, text: str) -> None:
         new = "".join(lines[:start]) + text + ("\n" + rest if rest else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new)
+
+
+def post_instances(rest: str, files: list[str], threads: int, label: str = "Orthanc",
+                   limit_s: float | None = None) -> tuple[int, int, float]:
+    """Upload ``files`` to an Orthanc (``POST {rest}/instances``) from ``threads`` threads, printing
+    progress; stops starting new uploads after ``limit_s``. (sent, failed, seconds)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    lock = threading.Lock()
+    it = iter(files)
+    sent, failed = [0], [0]
+    t0 = time.perf_counter()
+    step = max(1, len(files) // 10)
+
+    def worker() -> None:
+        with httpx.Client(timeout=600) as client:
+            while True:
+                with lock:
+                    if limit_s is not None and time.perf_counter() - t0 > limit_s:
+                        return
+                    path = next(it, None)
+                if path is None:
+                    return
+                with open(path, "rb") as fh:
+                    body = fh.read()
+                r = client.post(rest + "/instances", content=body, headers={"Content-Type": "application/dicom"})
+                with lock:
+                    sent[0] += 1
+                    failed[0] += r.status_code != 200
+                    if sent[0] % step == 0:
+                        el = time.perf_counter() - t0
+                        print(f"  {label}: {sent[0]:,} of {len(files):,} in {el:.0f} s ({sent[0] / el:.0f}/s)",
+                              flush=True)
+
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(worker) for _ in range(threads)]:
+            f.result()
+    return sent[0], failed[0], time.perf_counter() - t0

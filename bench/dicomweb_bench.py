@@ -35,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -313,47 +312,16 @@ def load_orthanc(work: Path, n: int, ct: dict[str, Any], data: dict[str, Any], t
     shutil.rmtree(root, ignore_errors=True)
     files = list_files(ct["files"]) + list_files(data["scale"])
     server, rest = start_orthanc(root)
-    lock = threading.Lock()
-    it = iter(files)
-    sent, failed, stopped = [0], [0], [False]
-    t0 = time.perf_counter()
-    step = max(1, len(files) // 10)
-
-    def worker() -> None:
-        with httpx.Client(timeout=600) as client:
-            while True:
-                with lock:
-                    if time.perf_counter() - t0 > limit_s:
-                        stopped[0] = True
-                        return
-                    path = next(it, None)
-                if path is None:
-                    return
-                with open(path, "rb") as fh:
-                    body = fh.read()
-                r = client.post(rest + "/instances", content=body,
-                                headers={"Content-Type": "application/dicom"})
-                with lock:
-                    sent[0] += 1
-                    if r.status_code != 200:
-                        failed[0] += 1
-                    if sent[0] % step == 0:
-                        el = time.perf_counter() - t0
-                        print(f"  Orthanc: {sent[0]:,} of {len(files):,} in {el:.0f} s "
-                              f"({sent[0] / el:.0f}/s)", flush=True)
-
     print(f"{n:,}: uploading {len(files):,} files to Orthanc (POST /instances, {threads} threads)", flush=True)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            for f in [pool.submit(worker) for _ in range(threads)]:
-                f.result()
-        load_s = time.perf_counter() - t0
+        sent, failed, load_s = common.post_instances(rest, files, threads, limit_s=limit_s)
         stored = int(httpx.get(rest + "/statistics", timeout=600).json()["CountInstances"])
     finally:
         server.stop()
+    stopped = sent < len(files)
     du = sum(f.stat().st_size for f in (root / "storage").rglob("*") if f.is_file())
-    made = {**wanted, "files": len(files), "sent": sent[0], "failed": failed[0], "stored": stored,
-            "complete": not stopped[0] and stored == len(files), "load_s": load_s, "limit_s": limit_s,
+    made = {**wanted, "files": len(files), "sent": sent, "failed": failed, "stored": stored,
+            "complete": not stopped and stored == len(files), "load_s": load_s, "limit_s": limit_s,
             "storage_mib": du / 2**20, "loaded_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     marker.write_text(json.dumps(made))
     print(f"{n:,}: Orthanc stored {stored:,} instances in {load_s:.0f} s ({stored / load_s:.0f}/s)"
