@@ -36,13 +36,16 @@ def pytest_report_header() -> str:
 
 @pytest.fixture(scope="session")
 def viewer_studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, harness.Study]:
-    """The real 134-slice CT, and a small synthetic CT with its DICOM SEG."""
+    """The real 134-slice CT, a small synthetic CT with its DICOM SEG, and 24 slices of the real CT
+    with the SEG of voxlake's ct-tissue model."""
     ct = harness.study_of("ct", sorted(need(CT_SERIES).glob("*.dcm")))
     if ct.slices != 134:
         pytest.skip(f"test data incomplete: {CT_SERIES} has {ct.slices} CT slices, not 134")
     pytest.importorskip("highdicom", reason="the SEG phantom needs the synth extra")
     phantom = harness.phantom_study(tmp_path_factory.mktemp("phantom"))
-    return {"ct": ct, "phantom": phantom}
+    pytest.importorskip("scipy", reason="the ct-tissue SEG needs the ai extra")
+    ai = harness.ct_tissue_study(tmp_path_factory.mktemp("ai"), ct.files)
+    return {"ct": ct, "phantom": phantom, "ai": ai}
 
 
 @pytest.fixture(scope="session")

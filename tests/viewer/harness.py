@@ -121,6 +121,36 @@ def phantom_study(out: Path, *, slices: int = 24, rows: int = 256, seed: int = 7
     return study_of("phantom", [*case.ct_files, case.seg_path])
 
 
+def ct_tissue_study(out: Path, ct_files: Iterable[Path], *, first: int = 55, slices: int = 24) -> Study:
+    """Slices of the real CT (copied with fresh UIDs: a study of its own) and the DICOM SEG that
+    voxlake's ``ct-tissue`` model makes of them (voxlake.ai: volume, model, SEG)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from voxlake.ai.seg import segmentation
+    from voxlake.ai.tissue import CTTissueModel
+    from voxlake.ai.volume import volume_from_datasets
+
+    out.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    datasets, files = [], []
+    for i, f in enumerate(sorted(ct_files)[first:first + slices]):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID, ds.PatientName = "VXAI-001", "AI^TISSUE"
+        files.append(out / f"ct-{i:03d}.dcm")
+        ds.save_as(files[-1])
+        datasets.append(ds)
+    volume = volume_from_datasets(datasets)
+    model = CTTissueModel()
+    seg = segmentation(volume, model.predict(volume), model.labels, model_name=model.name,
+                       model_version=model.version)
+    files.append(out / "seg.dcm")
+    seg.save_as(files[-1])
+    return study_of("ai", files)
+
+
 # --- targets ----------------------------------------------------------------------------------------
 
 

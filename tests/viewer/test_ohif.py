@@ -28,7 +28,7 @@ def test_study_list_lists_the_ct_and_the_seg_study(page: Any, target: harness.Ta
     page.goto(target.url + "/")
 
     page.get_by_text("Pancreas-CT-CB_001", exact=True).wait_for()
-    page.get_by_text("CT\\SEG", exact=True).wait_for()
+    page.get_by_text("CT\\SEG", exact=True).nth(1).wait_for()  # the phantom and the ct-tissue study
     page.screenshot(path=str(artifacts / "study-list.png"))
     assert page.evaluate("crossOriginIsolated") is True
 
@@ -54,20 +54,22 @@ def test_ct_opened_from_the_study_list_shows_an_image_and_scrolls_through_134_sl
     assert np.abs(after.astype(np.int16) - before.astype(np.int16)).mean() > 1.0
 
 
-@pytest.mark.parametrize("mode", ["viewer", "segmentation"])
+@pytest.mark.parametrize(("study", "mode"), [("phantom", "viewer"), ("phantom", "segmentation"), ("ai", "viewer")])
 def test_seg_is_shown_as_a_coloured_overlay_on_its_ct(
-    page: Any, target: harness.Target, artifacts: Path, viewer_studies: dict[str, harness.Study], mode: str
+    page: Any, target: harness.Target, artifacts: Path, viewer_studies: dict[str, harness.Study], study: str,
+    mode: str
 ) -> None:
-    page.goto(f"{target.url}/{mode}?StudyInstanceUIDs={viewer_studies['phantom'].StudyInstanceUID}")
+    """The phantom's SEG (voxlake.synth) and the SEG of the ct-tissue model (voxlake.ai) on real CT."""
+    page.goto(f"{target.url}/{mode}?StudyInstanceUIDs={viewer_studies[study].StudyInstanceUID}")
     harness.wait_for_image(page)
-    ct_only = harness.screenshot_array(page, artifacts / f"seg-{mode}-ct.png", VIEWPORT)
+    ct_only = harness.screenshot_array(page, artifacts / f"seg-{study}-{mode}-ct.png", VIEWPORT)
     assert harness.is_non_blank(ct_only) and harness.coloured_fraction(ct_only) < 0.01
 
     page.get_by_text("SEG", exact=True).first.dblclick()  # the SEG series in the study browser
     yes = page.get_by_role("button", name="Yes")  # "Do you want to open this Segmentation?"
     yes.click()
     yes.wait_for(state="detached")
-    overlay = _wait_for_overlay(page, artifacts / f"seg-{mode}-overlay.png")
+    overlay = _wait_for_overlay(page, artifacts / f"seg-{study}-{mode}-overlay.png")
 
     assert harness.is_non_blank(overlay)
     assert harness.coloured_fraction(overlay) > harness.coloured_fraction(ct_only) + 0.05

@@ -38,17 +38,20 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
     present = [v for v in sorted(labels) if 0 < v < size and counts[v] > 0]
     numbers = segment_numbers or {v: n for n, v in enumerate(present, start=1)}
     affine = np.asarray(volume.affine, dtype=np.float64)
+    # Voxels of each label per slice, row and column: one pass over the map per axis, for every
+    # label at once (a mask per label would cost a pass per label and axis).
+    profiles = [np.stack([np.bincount(np.take(label_map, index, axis=axis).ravel().astype(np.int64, copy=False),
+                                      minlength=size) for index in range(label_map.shape[axis])])
+                for axis in range(3)]
     now = datetime.now(UTC)
     rows = []
     for value in present:
         n = int(counts[value])
         mean = sums[value] / n
         var = max(squares[value] / n - mean * mean, 0.0)
-        mask = label_map == value
         lo, hi, centroid = [], [], []
         for axis in range(3):
-            others = tuple(a for a in range(3) if a != axis)
-            profile = mask.sum(axis=others)
+            profile = profiles[axis][:, value]
             nonzero = np.flatnonzero(profile)
             lo.append(int(nonzero[0]))
             hi.append(int(nonzero[-1]))

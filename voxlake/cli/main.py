@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     from voxlake.cli import serve
 
     serve.add_parser(sub)
+    from voxlake.cli import ai
+
+    ai.add_parser(sub)
     return p
 
 
@@ -87,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from voxlake.cli import serve
 
             return serve.run(args)
+        if args.command in ("models", "train", "segment"):
+            from voxlake.cli import ai
+
+            return ai.run(args)
         return _sql(args)
     except KeyboardInterrupt:
         print("voxlake: interrupted", file=sys.stderr)

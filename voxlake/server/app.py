@@ -64,6 +64,9 @@ def create_app(
     refresh_interval: float = 1.0,
     qido_max_results: int = 10_000,
     metadata_cache_bytes: int = 512 << 20,
+    ai: bool = True,
+    registry: Any = None,
+    model_idle_seconds: float = 600.0,
 ) -> FastAPI:
     """The DICOMweb server of ``lake`` (a :class:`voxlake.Lake` or its URI).
 
@@ -72,7 +75,9 @@ def create_app(
     same-origin); ``viewer`` serves OHIF at ``/`` when its files are installed (``make viewer``);
     ``max_upload_bytes`` bounds a request body (413 beyond); ``refresh_interval`` is how stale the
     catalog may be, in seconds; ``qido_max_results`` caps one QIDO-RS page; ``metadata_cache_bytes``
-    bounds the cache of assembled series metadata.
+    bounds the cache of assembled series metadata. ``ai`` serves the AI endpoints under ``/ai``
+    (:mod:`voxlake.server.ai`) with models from ``registry`` (a :class:`voxlake.ai.registry.Registry`;
+    default: the user's), unloaded after ``model_idle_seconds`` unused.
     """
     from fastapi import FastAPI
 
@@ -111,6 +116,13 @@ def create_app(
     app.include_router(wado.router(), prefix=root)
     app.include_router(wado_uri.router())
     app.include_router(stow.router, prefix=root)
+    if ai:
+        from voxlake.server import ai as ai_routes
+
+        app.state.ai = ai_routes.AIService(state, registry, model_idle_seconds)
+        app.include_router(ai_routes.router())
+        app.router.on_shutdown.append(app.state.ai.close)  # the job in progress finishes its series
+        app.state.ai.resume()
     if viewer:
         _mount_viewer(app, root)
 

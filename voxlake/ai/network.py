@@ -1,0 +1,165 @@
+"""voxlake's own segmentation networks (registry kind ``network``): a small MONAI 3-D UNet that works at a
+coarse, fixed spacing, and the resampling there and back that lets it take any :class:`Volume`.
+
+A version is two files: ``weights.pt`` (the network's state_dict) and ``config.json`` (the network's
+arguments, the spacing it works at, the Hounsfield windows of its input channels, the labels). The
+``phantom-organs`` model (:mod:`voxlake.ai.train`) is one of these.
+
+Input: the volume is averaged over whole voxel blocks down to about the working spacing (so
+noise is smoothed instead of aliased), interpolated trilinearly to the exact grid, then clipped to each
+window and scaled to [0, 1], one channel per window. Output: the argmax at the working grid,
+resampled back to the volume's grid by nearest neighbour (cheaper than resampling logits, and exact for
+a label map).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from voxlake.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    import torch
+
+    from voxlake.ai.volume import Volume
+
+__all__ = ["NetworkConfig", "PhantomOrgansModel", "build_network", "resample_labels", "to_input"]
+
+WEIGHTS = "weights.pt"
+CONFIG = "config.json"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything besides the weights that a prediction needs."""
+
+    labels: dict[int, str]
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    windows: tuple[tuple[float, float], ...] = ((-1000.0, 1000.0), (-160.0, 240.0))
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    num_res_units: int = 1
+    roi: tuple[int, int, int] = (96, 96, 96)
+    overlap: float = 0.25
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["labels"] = {str(k): v for k, v in self.labels.items()}
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> NetworkConfig:
+        data = json.loads(text)
+        return cls(labels={int(k): v for k, v in data.pop("labels").items()},
+                   spacing=tuple(data.pop("spacing")),
+                   windows=tuple(tuple(w) for w in data.pop("windows")),
+                   channels=tuple(data.pop("channels")), roi=tuple(data.pop("roi")), **data)
+
+
+def build_network(config: NetworkConfig) -> torch.nn.Module:
+    """The MONAI UNet of ``config``: one input channel per window, one output per label plus background."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=len(config.windows), out_channels=max(config.labels) + 1,
+                channels=config.channels, strides=(2,) * (len(config.channels) - 1),
+                num_res_units=config.num_res_units, norm="batch")
+
+
+def grid_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    """The shape that covers the same extent at the ``target`` spacing."""
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
+def to_input(array: np.ndarray, spacing: Sequence[float], config: NetworkConfig) -> torch.Tensor:
+    """The network input for a (k, j, i) array of Hounsfield units: (windows, *grid) float32."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    block = tuple(max(1, math.floor(t / s + 1e-6)) for s, t in zip(spacing, config.spacing, strict=True))
+    if max(block) > 1:
+        x = F.avg_pool3d(x, block, stride=block, ceil_mode=True)
+    x = F.interpolate(x, size=grid_shape(array.shape, spacing, config.spacing), mode="trilinear",
+                      align_corners=False)[0, 0]
+    return torch.stack([((x - lo) / (hi - lo)).clamp_(0, 1) for lo, hi in config.windows])
+
+
+def resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A label map taken to another grid over the same extent, by nearest voxel centre."""
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(labels.shape) == tuple(shape):
+        return labels
+    x = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8))[None, None].float()
+    return F.interpolate(x, size=tuple(shape), mode="nearest-exact")[0, 0].to(torch.uint8).numpy()
+
+
+class PhantomOrgansModel:
+    """A :class:`~voxlake.ai.model.SegmentationModel` around a network of this module (``phantom-organs``
+    and any other version of registry kind ``network``)."""
+
+    def __init__(self, network: torch.nn.Module, config: NetworkConfig, *, name: str, version: str) -> None:
+        self.network = network.eval()
+        self.config = config
+        self.name = name
+        self.version = version
+        self.labels = dict(config.labels)
+
+    def __repr__(self) -> str:
+        return f"PhantomOrgansModel({self.name!r}, version={self.version!r}, labels={len(self.labels)})"
+
+    @classmethod
+    def load(cls, path: str | Path, *, name: str, version: str, device: str | None = None) -> PhantomOrgansModel:
+        """From a folder holding ``weights.pt`` and ``config.json``; on ``device``, by default CUDA when
+        present, else the CPU."""
+        import torch
+
+        path = Path(path)
+        for part in (WEIGHTS, CONFIG):
+            if not (path / part).is_file():
+                raise InvalidArgumentError(f"model {name}:{version}: {path / part} is missing")
+        config = NetworkConfig.from_json((path / CONFIG).read_text())
+        network = build_network(config)
+        network.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
+        network.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(network, config, name=name, version=version)
+
+    def save(self, path: str | Path) -> dict[str, Path]:
+        """Write ``weights.pt`` and ``config.json`` into ``path``; returns them by name (what
+        :meth:`Registry.register` takes)."""
+        import torch
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.network.state_dict(), path / WEIGHTS)
+        (path / CONFIG).write_text(self.config.to_json() + "\n")
+        return {WEIGHTS: path / WEIGHTS, CONFIG: path / CONFIG}
+
+    def predict(self, volume: Volume) -> np.ndarray:
+        """A uint8 label map of ``volume.shape``."""
+        return self.predict_array(volume.array, volume.spacing)
+
+    def predict_array(self, array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        import torch
+        from monai.inferers import SlidingWindowInferer
+
+        device = next(self.network.parameters()).device
+        x = to_input(array, spacing, self.config)[None].to(device)
+        # Pad the grid to a multiple of the network's total stride so every window fits it.
+        stride = 2 ** (len(self.config.channels) - 1)
+        roi = tuple(min(r, math.ceil(n / stride) * stride) for r, n in zip(self.config.roi, x.shape[2:],
+                                                                              strict=True))
+        inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=self.config.overlap,
+                                       mode="gaussian", padding_mode="replicate")
+        with torch.inference_mode():
+            grid = inferer(x, self.network).argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return resample_labels(grid, array.shape)
+

@@ -1,0 +1,161 @@
+"""Batch segmentation over a lake: select series (SQL or rules), skip those a model version has
+already done, and for each one load the volume, predict, and record the SEG, statistics and meshes.
+
+One bad series never stops a batch: its error goes to ``segment_errors`` (series, model, version,
+error class, message) and the batch goes on. "Done" means a ``segment_stats`` row for the series
+and the model version (the commit point of :func:`voxlake.ai.outputs.record`), so an interrupted
+batch resumes where it stopped.
+
+>>> summary = segment(voxlake.open("./lake"), model="ct-tissue")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from voxlake.errors import InvalidArgumentError, QueryError, VoxlakeError
+
+if TYPE_CHECKING:
+    from voxlake.ai.model import SegmentationModel
+    from voxlake.lake.lake import Lake
+
+__all__ = ["SegmentSummary", "SeriesOutcome", "segment", "segment_series"]
+
+
+class ModelOutputError(VoxlakeError):
+    """A model returned a label map that does not fit its volume or its declared labels."""
+
+
+@dataclass(frozen=True)
+class SeriesOutcome:
+    """One series: ``status`` ``segmented`` or ``error``; seconds per step (``load``, ``predict``,
+    ``record``) and the SEG written."""
+
+    SeriesInstanceUID: str
+    status: str
+    error_class: str = ""
+    message: str = ""
+    SEG: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SegmentSummary:
+    model: str
+    model_version: str
+    selected: int = 0
+    already_done: int = 0
+    segmented: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    outcomes: list[SeriesOutcome] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "model_version": self.model_version, "selected": self.selected,
+            "already_done": self.already_done, "segmented": self.segmented, "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+            "series": [{"SeriesInstanceUID": o.SeriesInstanceUID, "status": o.status, "SEG": o.SEG or None,
+                        "error": f"{o.error_class}: {o.message}" if o.error_class else None,
+                        "seconds": {k: round(v, 3) for k, v in o.timings.items()},
+                        "volumes_ml": o.volumes_ml}
+                       for o in self.outcomes],
+        }
+
+
+def segment_series(lake: Lake, series_instance_uid: str, model: SegmentationModel, *, nifti: bool = False,
+                   meshes: bool = True) -> SeriesOutcome:
+    """Segment one series and record the outputs; raises on any problem (see :func:`segment`)."""
+    import numpy as np
+
+    from voxlake.ai.outputs import record
+    from voxlake.ai.volume import load_series
+
+    t0 = time.perf_counter()
+    modalities = getattr(model, "modalities", ("CT",))
+    if modalities:  # before reading any pixels
+        found = {r[0] for r in lake.connect().execute(
+            "SELECT DISTINCT Modality FROM instances WHERE SeriesInstanceUID = ?", [series_instance_uid]).fetchall()}
+        if not found <= set(modalities):
+            shown = ", ".join(sorted(str(m) for m in found)) or "not in the lake"
+            raise InvalidArgumentError(f"series {series_instance_uid} is {shown}; model {model.name} segments "
+                                       f"{', '.join(modalities)}")
+    volume = load_series(lake, series_instance_uid)
+    t1 = time.perf_counter()
+    label_map = np.asarray(model.predict(volume))
+    t2 = time.perf_counter()
+    if label_map.shape != volume.shape:
+        raise ModelOutputError(f"model {model.name}:{model.version} returned shape {label_map.shape} for series "
+                               f"{series_instance_uid} of shape {volume.shape}")
+    undeclared = sorted(set(np.unique(label_map).tolist()) - {0} - set(model.labels))
+    if undeclared:
+        raise ModelOutputError(f"model {model.name}:{model.version} returned labels {undeclared} it does not "
+                               f"declare (declared: {sorted(model.labels)})")
+    result = record(lake, volume, label_map, model.labels, model_name=model.name, model_version=model.version,
+                    nifti=nifti, meshes=meshes)
+    t3 = time.perf_counter()
+    return SeriesOutcome(series_instance_uid, "segmented", SEG=result.SOPInstanceUID,
+                         timings={"load": t1 - t0, "predict": t2 - t1, "record": t3 - t2},
+                         volumes_ml={r["label"]: float(r["volume_ml"]) for r in result.stats})
+
+
+def _selected(lake: Lake, where: str | None, rules: Any) -> list[str]:
+    if rules is not None:
+        from voxlake.ai.rules import select_series
+
+        return sorted({m.SeriesInstanceUID for m in select_series(lake, rules)})
+    rows = lake.sql("SELECT DISTINCT SeriesInstanceUID FROM instances WHERE SeriesInstanceUID IS NOT NULL "
+                    f"AND ({where or 'TRUE'}) ORDER BY 1").fetchall()
+    return [r[0] for r in rows]
+
+
+def _done(lake: Lake, model: SegmentationModel) -> set[str]:
+    try:
+        rows = lake.sql("SELECT DISTINCT SeriesInstanceUID FROM segment_stats WHERE model = "
+                        f"'{model.name.replace(chr(39), chr(39) * 2)}' AND model_version = "
+                        f"'{str(model.version).replace(chr(39), chr(39) * 2)}'").fetchall()
+    except QueryError:  # no segment_stats table yet
+        return set()
+    return {r[0] for r in rows}
+
+
+def segment(lake: Lake, *, model: str | SegmentationModel = "ct-tissue", where: str | None = "Modality = 'CT'",
+            rules: Any = None, registry: Any = None, redo: bool = False, nifti: bool = False,
+            meshes: bool = True, on_start: Callable[[int], None] | None = None,
+            progress: Callable[[SeriesOutcome], None] | None = None) -> SegmentSummary:
+    """Segment the series that ``where`` (SQL over ``instances``) or ``rules`` (a rules document,
+    :mod:`voxlake.ai.rules`) selects with ``model`` (a :class:`SegmentationModel`, or a registry
+    spec such as ``ct-tissue`` or ``phantom-organs@champion``). Series already done by that model
+    version are skipped unless ``redo``."""
+    if isinstance(model, str):
+        from voxlake.ai.registry import Registry
+
+        model = (registry if registry is not None else Registry()).load(model)
+    start = time.perf_counter()
+    summary = SegmentSummary(model.name, str(model.version))
+    selected = _selected(lake, where, rules)
+    done = set() if redo else _done(lake, model)
+    todo = [s for s in selected if s not in done]
+    summary.selected, summary.already_done = len(selected), len(selected) - len(todo)
+    if on_start is not None:
+        on_start(len(todo))
+    for series in todo:
+        try:
+            outcome = segment_series(lake, series, model, nifti=nifti, meshes=meshes)
+            summary.segmented += 1
+        except Exception as exc:  # one series never stops the batch; the error is recorded
+            from voxlake.ai.outputs import record_error
+
+            outcome = SeriesOutcome(series, "error", type(exc).__name__, str(exc).strip().splitlines()[0]
+                                    if str(exc).strip() else type(exc).__name__)
+            record_error(lake, series, model.name, str(model.version), outcome.error_class, outcome.message)
+            summary.errors += 1
+        summary.outcomes.append(outcome)
+        if progress is not None:
+            progress(outcome)
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,190 @@
+"""AI endpoints of ``voxlake serve`` (the ``ai`` extra), a thin layer over :mod:`voxlake.ai`:
+
+* ``GET /ai/models``: every model version (registry and built-ins), with what is loaded now.
+* ``POST /ai/models/{model}/infer`` with ``{"SeriesInstanceUID": "..."}``: segments one series
+  synchronously (``model`` as ``name``, ``name@alias`` or ``name:version``) and answers the SEG's
+  UIDs and RetrieveURL, the label volumes and the seconds per step.
+* ``POST /ai/jobs`` with ``{"model": "...", "series": [...]}`` (or ``"studies": [...]``: their CT
+  series): 202 and the job, ``Location: /ai/jobs/{id}``.
+* ``GET /ai/jobs/{id}``: status, progress and per-series results with RetrieveURLs.
+
+The registry opens on the first AI request (MLflow's start-up stays off the server's), models load
+on first use and unload when idle (:class:`voxlake.ai.service.ModelPool`); jobs survive a restart
+(:class:`voxlake.ai.service.Jobs`). After each SEG commit the catalog is refreshed, so QIDO-RS and
+OHIF see it at once.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from voxlake.server import urls
+from voxlake.server.errors import DicomWebError, bad_request, not_found
+
+
+class AIService:
+    """What the AI routes share, built on first use."""
+
+    def __init__(self, state: Any, registry: Any, idle_seconds: float) -> None:
+        self.state = state
+        self._registry = registry
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._pool: Any = None
+        self._jobs: Any = None
+
+    @property
+    def pool(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                from voxlake.ai.registry import Registry
+                from voxlake.ai.service import ModelPool
+
+                registry = self._registry if self._registry is not None else Registry()
+                self._pool = ModelPool(registry, idle_seconds=self.idle_seconds)
+            return self._pool
+
+    @property
+    def jobs(self) -> Any:
+        pool = self.pool
+        with self._lock:
+            if self._jobs is None:
+                from voxlake.ai.service import Jobs
+
+                self._jobs = Jobs(self.state.lake, pool, jobs_folder(self.state.lake.uri),
+                                  on_segmented=lambda: self.state.refresh(force=True)).start()
+            return self._jobs
+
+    def resume(self) -> None:
+        """Re-queue the jobs a previous run left unfinished (at start-up, when there are any)."""
+        if any(jobs_folder(self.state.lake.uri).glob("*.json")):
+            threading.Thread(target=lambda: self.jobs, name="voxlake-ai-resume", daemon=True).start()
+
+    def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.stop()
+
+
+def jobs_folder(lake_uri: str) -> Path:
+    """``<lake>/ai/jobs`` for a local lake; for an object-store lake, a local state folder."""
+    from voxlake.lake import storage
+
+    if storage.is_local(lake_uri):
+        return Path(storage.normalize(lake_uri)) / "ai" / "jobs"
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "voxlake" / "jobs" / hashlib.sha256(lake_uri.encode()).hexdigest()[:16]
+
+
+def _seg_link(request: Any, state: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """A series result with its SEG's RetrieveURL (when the SEG is in the catalog)."""
+    sop = result.get("SEG")
+    if not sop:
+        return result
+    state.refresh(force=True)
+    row = state.cursor().execute("SELECT StudyInstanceUID, SeriesInstanceUID FROM instances WHERE "
+                                 "SOPInstanceUID = ?", [sop]).fetchone()
+    if row is None:
+        return result
+    base = urls.dicomweb_base(request, state.settings.dicomweb_root)
+    return result | {"SEG": {"SOPInstanceUID": sop, "SeriesInstanceUID": row[1], "StudyInstanceUID": row[0],
+                             "RetrieveURL": base + urls.instance_path(row[0], row[1], sop)}}
+
+
+def _model_error(exc: Exception) -> DicomWebError:
+    from voxlake.errors import InvalidArgumentError, MissingExtraError
+
+    if isinstance(exc, LookupError):  # ModelNotFoundError
+        return not_found(str(exc))
+    if isinstance(exc, MissingExtraError):
+        return DicomWebError(503, str(exc))
+    if isinstance(exc, InvalidArgumentError):
+        return bad_request(str(exc))
+    return DicomWebError(422, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+
+def router() -> Any:
+    from fastapi import APIRouter, Body, Request
+    from fastapi.responses import JSONResponse
+
+    r = APIRouter(prefix="/ai")
+
+    def service(request: Request) -> AIService:
+        return request.app.state.ai
+
+    @r.get("/models")
+    def list_models(request: Request) -> Any:
+        ai = service(request)
+        loaded = set(ai.pool.loaded())
+        return {"models": [{"name": m.name, "version": m.version, "aliases": list(m.aliases), "kind": str(m.kind),
+                            "labels": {str(k): v for k, v in m.labels.items()},
+                            "loaded": (m.name, str(m.version)) in loaded}
+                           for m in ai.pool.registry.list()]}
+
+    @r.post("/models/{model}/infer")
+    def infer(request: Request, model: str, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        from voxlake.ai.segment import segment_series
+
+        series = body.get("SeriesInstanceUID")
+        if not isinstance(series, str) or not series:
+            raise bad_request("the body needs SeriesInstanceUID (one series)")
+        urls.check_uid(series, "SeriesInstanceUID")
+        ai = service(request)
+        if ai.state.cursor().execute("SELECT 1 FROM instances WHERE SeriesInstanceUID = ? LIMIT 1",
+                                     [series]).fetchone() is None:
+            raise not_found(f"no series {series} in this lake")
+        try:
+            the_model = ai.pool.get(model)
+            with ai.pool.busy:
+                outcome = segment_series(ai.state.lake, series, the_model, nifti=bool(body.get("nifti")),
+                                         meshes=bool(body.get("meshes", True)))
+        except Exception as exc:
+            raise _model_error(exc) from exc
+        result = {"SeriesInstanceUID": series, "model": the_model.name, "model_version": str(the_model.version),
+                  "SEG": outcome.SEG, "volumes_ml": outcome.volumes_ml,
+                  "seconds": {k: round(v, 3) for k, v in outcome.timings.items()}}
+        return _seg_link(request, ai.state, result)
+
+    @r.post("/jobs", status_code=202)
+    def submit(request: Request, body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise bad_request("the body needs model (name, name@alias or name:version)")
+        ai = service(request)
+        lists = {key: body.get(key) or [] for key in ("series", "studies")}
+        for key, value in lists.items():
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad_request(f"{key} must be a list of UIDs")
+        series = [urls.check_uid(s, "series") for s in lists["series"]]
+        studies = [urls.check_uid(s, "studies") for s in lists["studies"]]
+        if studies:
+            rows = ai.state.cursor().execute(
+                "SELECT DISTINCT SeriesInstanceUID FROM instances WHERE StudyInstanceUID IN (SELECT unnest(?)) "
+                "AND Modality = 'CT' ORDER BY 1", [studies]).fetchall()
+            series += [row[0] for row in rows]
+        if not series:
+            raise bad_request("the body needs series (SeriesInstanceUIDs) or studies holding CT series")
+        try:
+            job = ai.jobs.submit(model, series)
+        except Exception as exc:
+            raise _model_error(exc) from exc
+        location = str(request.url_for("job_status", job_id=job.id))
+        return JSONResponse(job.to_dict() | {"url": location}, status_code=202, headers={"Location": location})
+
+    @r.get("/jobs/{job_id}", name="job_status")
+    def job_status(request: Request, job_id: str) -> Any:
+        from voxlake.ai.service import JobNotFoundError
+
+        ai = service(request)
+        try:
+            job = ai.jobs.get(job_id)
+        except JobNotFoundError as exc:
+            raise not_found(str(exc)) from exc
+        out = job.to_dict()
+        out["results"] = [_seg_link(request, ai.state, r) for r in job.results]
+        return out
+
+    return r
