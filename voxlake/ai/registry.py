@@ -118,6 +118,11 @@ class Registry:
             from mlflow.tracking import MlflowClient
         except ImportError as exc:
             raise MissingExtraError("the model registry needs mlflow: pip install 'voxlake[ai]'") from exc
+        import logging
+
+        quiet = logging.getLogger("mlflow")
+        if quiet.level == logging.NOTSET:  # its store set-up logs at INFO on every new registry
+            quiet.setLevel(logging.WARNING)
         raw = str(uri) if uri is not None else default_uri()
         if "://" in raw:
             self.uri = raw
