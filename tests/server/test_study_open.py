@@ -72,6 +72,27 @@ def test_every_frame_of_the_ct_is_pydicoms_pixels(ct_server: tuple[Server, voxla
         assert np.array_equal(got, expected)
 
 
+def test_the_frames_of_a_series_cost_one_catalog_query_for_the_whole_series(
+        ct_server: tuple[Server, voxlake.Lake], monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    server, lake = ct_server
+    state = server.app.state.server
+    queries: list[tuple[str | None, str | None]] = []
+    real = state._query_rows
+    monkeypatch.setattr(state, "_query_rows", lambda st, se, sop: queries.append((se, sop)) or real(st, se, sop))
+    state.series_rows.clear()
+    rows = lake.sql("SELECT StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID FROM instances "
+                    "ORDER BY InstanceNumber").fetchall()
+    with httpx.Client(base_url=server.dicomweb) as http:
+        for study, series, sop in rows[:40]:
+            r = http.get(f"/studies/{study}/series/{series}/instances/{sop}/frames/1", headers=OHIF_FRAMES)
+            assert r.status_code == 200
+        missing = http.get(f"/studies/{rows[0][0]}/series/{rows[0][1]}/instances/1.2.3/frames/1", headers=OHIF_FRAMES)
+    assert queries == [(rows[0][1], None)]
+    assert missing.status_code == 404 and "instance 1.2.3" in missing.json()["reason"]
+
+
 def test_voxlake_serve_prints_the_url_and_stops_on_ctrl_c(tmp_path: Path, pydicom_files: Path) -> None:
     import httpx
 

@@ -72,6 +72,11 @@ class LRU(Generic[K, V]):
                 _, (_, dropped) = self._items.popitem(last=False)
                 self._total -= dropped
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._total = 0
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -89,6 +94,10 @@ class ServerState:
         self.series_metadata: LRU[tuple[str, int], bytes] = LRU(settings.metadata_cache_bytes, len)
         #: (SOPInstanceUID, catalog version) → PixelInfo, filled by metadata and frame requests.
         self.pixel_infos: LRU[tuple[str, int], Any] = LRU(settings.pixel_info_cache_entries)
+        #: (StudyInstanceUID, SeriesInstanceUID, catalog version) → {SOPInstanceUID: catalog row}:
+        #: a viewer asks for every frame of a series, and one query per series beats a scan of the
+        #: catalog per frame (at 100,000 instances a scan costs more than reading the frame).
+        self.series_rows: LRU[tuple[str, str, int], dict[str, dict[str, Any]]] = LRU(256)
 
     @property
     def version(self) -> int:
@@ -118,6 +127,19 @@ class ServerState:
     def instance_rows(self, study: str, series: str | None = None, sop: str | None = None) -> list[dict[str, Any]]:
         """The catalog rows of a study, series or instance, in series then instance order; 404 when
         there are none."""
+        if series is not None and sop is not None:
+            self.refresh()
+            key = (study, series, self.version)
+            by_sop = self.series_rows.get(key)
+            if by_sop is None:
+                by_sop = {row["SOPInstanceUID"]: row for row in self._query_rows(study, series, None)}
+                self.series_rows.put(key, by_sop)
+            if sop not in by_sop:
+                raise not_found(f"instance {sop} is not in this lake (study {study})")
+            return [by_sop[sop]]
+        return self._query_rows(study, series, sop)
+
+    def _query_rows(self, study: str, series: str | None, sop: str | None) -> list[dict[str, Any]]:
         where, params = ["StudyInstanceUID = ?"], [study]
         if series is not None:
             where.append("SeriesInstanceUID = ?")
