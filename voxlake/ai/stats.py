@@ -29,33 +29,41 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
     segment number (default: 1, 2, … in label order, as :func:`voxlake.ai.seg.segmentation` numbers).
     """
     check_label_map(volume, label_map, labels)
-    flat = label_map.ravel().astype(np.int64, copy=False)
-    size = max(max(labels, default=0), int(flat.max(initial=0))) + 1
-    counts = np.bincount(flat, minlength=size)
-    values = volume.array.ravel().astype(np.float64, copy=False)
-    sums = np.bincount(flat, weights=values, minlength=size)
-    squares = np.bincount(flat, weights=values * values, minlength=size)
+    from scipy import ndimage
+
+    size = max(max(labels, default=0), int(label_map.max(initial=0))) + 1
+    n_slices, n_rows, n_columns = label_map.shape
+    # One pass over the slices, every label at once: voxel counts per slice, and sums of HU, HU²,
+    # row and column index per label (for mean, SD and centroid), each slice in float64 on its own,
+    # never the whole volume at once.
+    rows_grid = np.repeat(np.arange(n_rows, dtype=np.float64), n_columns)
+    columns_grid = np.tile(np.arange(n_columns, dtype=np.float64), n_rows)
+    per_slice = np.zeros((n_slices, size), np.int64)
+    sums, squares, row_sums, column_sums = (np.zeros(size) for _ in range(4))
+    for k in range(n_slices):
+        flat = label_map[k].ravel()
+        values = volume.array[k].ravel().astype(np.float64)
+        per_slice[k] = np.bincount(flat, minlength=size)
+        sums += np.bincount(flat, weights=values, minlength=size)
+        squares += np.bincount(flat, weights=values * values, minlength=size)
+        row_sums += np.bincount(flat, weights=rows_grid, minlength=size)
+        column_sums += np.bincount(flat, weights=columns_grid, minlength=size)
+    counts = per_slice.sum(axis=0)
+    slice_sums = (per_slice * np.arange(n_slices)[:, None]).sum(axis=0)
+    boxes = ndimage.find_objects(label_map, max_label=size - 1)  # bounding boxes, one C pass
     present = [v for v in sorted(labels) if 0 < v < size and counts[v] > 0]
     numbers = segment_numbers or {v: n for n, v in enumerate(present, start=1)}
     affine = np.asarray(volume.affine, dtype=np.float64)
-    # Voxels of each label per slice, row and column: one pass over the map per axis, for every
-    # label at once (a mask per label would cost a pass per label and axis).
-    profiles = [np.stack([np.bincount(np.take(label_map, index, axis=axis).ravel().astype(np.int64, copy=False),
-                                      minlength=size) for index in range(label_map.shape[axis])])
-                for axis in range(3)]
     now = datetime.now(UTC)
     rows = []
     for value in present:
         n = int(counts[value])
         mean = sums[value] / n
         var = max(squares[value] / n - mean * mean, 0.0)
-        lo, hi, centroid = [], [], []
-        for axis in range(3):
-            profile = profiles[axis][:, value]
-            nonzero = np.flatnonzero(profile)
-            lo.append(int(nonzero[0]))
-            hi.append(int(nonzero[-1]))
-            centroid.append(float((profile * np.arange(profile.size)).sum() / n))
+        box = boxes[value - 1]
+        lo = [int(b.start) for b in box]
+        hi = [int(b.stop) - 1 for b in box]
+        centroid = [slice_sums[value] / n, row_sums[value] / n, column_sums[value] / n]
         corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
                             for c in (lo[2], hi[2])]) @ affine.T
         rows.append({
