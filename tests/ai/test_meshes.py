@@ -88,6 +88,15 @@ def test_step_two_without_smoothing_still_closes_a_label_at_the_volume_edge():
         assert len(coarse.faces) > 0 and set(counts.tolist()) == {2}
 
 
+@pytest.mark.parametrize("offset", [0, 1])
+def test_a_speck_between_the_coarse_grid_points_still_gets_a_surface_at_step_two(offset):
+    """A weak model's stray voxels: at step 2 the grid may miss them, which must not fail the run."""
+    mask = np.zeros((20, 20, 20), bool)
+    mask[9 + offset:12 + offset, 9 + offset:12 + offset, 9 + offset:12 + offset] = True  # 3x3x3 voxels
+    mesh = surface_mesh(mask, AFFINE, step=2)
+    assert len(mesh.faces) > 0 and mesh.volume_ml > 0
+
+
 def test_empty_mask_gives_an_empty_mesh():
     mesh = surface_mesh(np.zeros((3, 4, 5), bool), AFFINE)
     assert len(mesh.faces) == 0 and mesh.surface_mm2 == 0.0

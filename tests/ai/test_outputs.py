@@ -228,6 +228,24 @@ def test_record_appends_stats_and_mesh_rows_naming_the_series_model_version_and_
     assert result.nifti_path is not None and result.nifti_path.is_file()
 
 
+def test_a_failure_before_the_commits_leaves_no_seg_and_no_rows(case, volume, tmp_path, monkeypatch):
+    import voxlake
+    from voxlake.ai import outputs
+
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(case["case"].directory / "ct"), workers=0)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("marching cubes failed")
+
+    monkeypatch.setattr(outputs, "label_meshes", broken)
+    with pytest.raises(RuntimeError, match="marching cubes"):
+        record(lake, volume, case["labels"], case["names"], model_name=MODEL, model_version=VERSION)
+    assert lake.sql("SELECT count(*) FROM instances WHERE Modality = 'SEG'").fetchall() == [(0,)]
+    assert not (tmp_path / "lake" / "dicom" / "derived").exists()
+    assert not (tmp_path / "lake" / "segment_stats").exists()
+
+
 def test_record_error_appends_one_line_rows_to_segment_errors(tmp_path):
     from deltalake import DeltaTable
 

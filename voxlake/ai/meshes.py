@@ -91,6 +91,8 @@ def surface_mesh(mask: np.ndarray, affine: np.ndarray, *, step: int = 1, smooth:
         padded = gaussian_filter(padded, smooth)
     if padded.max() <= 0.5:  # thinner than the smoothing: nothing reaches the iso-level
         return Mesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64))
+    if step > 1 and padded[::step, ::step, ::step].max() <= 0.5:
+        step = 1  # a speck the coarse grid would miss entirely: full resolution costs nothing here
     verts, faces, _, _ = marching_cubes(padded, level=0.5, step_size=step, allow_degenerate=False)
     index = verts + lo - pad  # back to the volume's (k, j, i)
     lps = index @ affine[:3, :3].T + affine[:3, 3]

@@ -9,9 +9,10 @@ Where things go in a local lake::
 
 The SEG is landed with :class:`voxlake.net.store.LandingArea` and ingested under the landing area's
 lock (``<lake>/dicom/.landing.lock``), as STOW-RS and C-STORE do, so a server's committer never
-indexes it twice. Order of commits: ``instances`` (the SEG), ``meshes``, ``segment_stats`` last: a
-``segment_stats`` row means the series is done by that model version; a run that dies earlier
-leaves at most a SEG and meshes that a rerun supersedes.
+indexes it twice. Every output is computed, and its files written, before the first commit; then
+``instances`` (the SEG), ``meshes``, ``segment_stats`` last: a ``segment_stats`` row means the series
+is done by that model version. A failure before the commits leaves nothing in the tables; a crash
+between them leaves at most a SEG and meshes that a rerun supersedes.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ DERIVED_FILES = "derived"
 @dataclass
 class RecordResult:
     """What :func:`record` wrote: the SEG (file and UIDs), the rows appended, optional files, and
-    seconds per step (``seg``, ``ingest``, ``meshes``, ``nifti``, ``tables``)."""
+    seconds per step (``seg``, ``meshes``, ``nifti``, ``stats``, ``ingest``, ``tables``)."""
 
     run_id: str
     seg_path: Path
@@ -128,10 +129,8 @@ def record(lake: Any, volume: Volume, label_map: np.ndarray, labels: dict[int, s
     seg.save_as(buffer, enforce_file_format=True)
     timings["seg"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    seg_path = _land_and_ingest(lake, buffer.getvalue(), seg)
-    timings["ingest"] = time.perf_counter() - t0
-
+    # Everything is computed (and the files written) before the first commit: a failure here
+    # leaves no SEG in the lake without its statistics.
     lineage = {"SeriesInstanceUID": volume.SeriesInstanceUID, "StudyInstanceUID": volume.StudyInstanceUID,
                "model": model_name, "model_version": str(model_version),
                "SegmentationSOPInstanceUID": seg.SOPInstanceUID, "run_id": run_id,
@@ -148,12 +147,17 @@ def record(lake: Any, volume: Volume, label_map: np.ndarray, labels: dict[int, s
         t0 = time.perf_counter()
         nifti_path = write_nifti(volume, label_map, folder / "labels.nii.gz")
         timings["nifti"] = time.perf_counter() - t0
-
     t0 = time.perf_counter()
     numbers = {v: n for n, v in enumerate(present_labels(label_map, labels), start=1)}
     stats = segment_stats(volume, label_map, labels, model_name=model_name, model_version=model_version,
                           seg_sop_instance_uid=seg.SOPInstanceUID, seg_series_instance_uid=seg.SeriesInstanceUID,
                           run_id=run_id, segment_numbers=numbers)
+    timings["stats"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    seg_path = _land_and_ingest(lake, buffer.getvalue(), seg)
+    timings["ingest"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     tables.append(lake.uri, "meshes", mesh_rows)
     tables.append(lake.uri, "segment_stats", stats)  # the commit point: last
     timings["tables"] = time.perf_counter() - t0
