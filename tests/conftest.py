@@ -48,3 +48,17 @@ def spark() -> Any:
     session.conf.set("spark.sql.session.timeZone", "UTC")
     yield session
     session.stop()
+
+
+def ct_and_mr_lake(tmp_path_factory: pytest.TempPathFactory, ct_series: Path, first: int, count: int) -> Any:
+    """A lake of ``count`` slices of the real CT (from slice ``first``) and a single-slice MR: a
+    series a CT model segments and one it must refuse."""
+    import voxlake
+
+    src = tmp_path_factory.mktemp("src")
+    for p in sorted(ct_series.iterdir())[first:first + count]:
+        shutil.copy2(p, src / p.name)
+    shutil.copy2(need(PYDICOM_FILES / "MR_small.dcm"), src / "MR_small.dcm")
+    lake = voxlake.open(str(tmp_path_factory.mktemp("lake") / "lake"))
+    lake.ingest(str(src), workers=0)
+    return lake

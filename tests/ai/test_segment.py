@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import voxlake
-from tests.conftest import PYDICOM_FILES, need
+from tests.conftest import ct_and_mr_lake
 
 pytest.importorskip("highdicom")
 pytest.importorskip("scipy")
@@ -19,13 +19,7 @@ pytest.importorskip("scipy")
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory, ct_series: Path) -> voxlake.Lake:
     """40 slices of the real abdominal CT and a single-slice MR in one lake."""
-    src = tmp_path_factory.mktemp("src")
-    for p in sorted(ct_series.iterdir())[40:80]:
-        shutil.copy2(p, src / p.name)
-    shutil.copy2(need(PYDICOM_FILES / "MR_small.dcm"), src / "MR_small.dcm")
-    lake = voxlake.open(str(tmp_path_factory.mktemp("lake") / "lake"))
-    lake.ingest(str(src), workers=0)
-    return lake
+    return ct_and_mr_lake(tmp_path_factory, ct_series, 40, 40)
 
 
 def test_a_batch_segments_the_ct_records_the_mr_as_an_error_and_a_rerun_does_nothing(lake):

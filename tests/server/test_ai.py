@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 import voxlake
-from tests.conftest import PYDICOM_FILES, need
+from tests.conftest import ct_and_mr_lake
 from tests.server.conftest import Server
 
 pytest.importorskip("highdicom")
@@ -31,13 +30,7 @@ def registry(tmp_path_factory) -> Any:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory, ct_series: Path) -> voxlake.Lake:
     """12 slices of the real CT and an MR image."""
-    src = tmp_path_factory.mktemp("src")
-    for p in sorted(ct_series.iterdir())[60:72]:
-        shutil.copy2(p, src / p.name)
-    shutil.copy2(need(PYDICOM_FILES / "MR_small.dcm"), src / "MR_small.dcm")
-    lake = voxlake.open(str(tmp_path_factory.mktemp("lake") / "lake"))
-    lake.ingest(str(src), workers=0)
-    return lake
+    return ct_and_mr_lake(tmp_path_factory, ct_series, 60, 12)
 
 
 def _app(lake: voxlake.Lake, registry: Any) -> Any:

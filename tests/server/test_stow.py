@@ -4,8 +4,6 @@ requests, raw httpx for malformed ones; the lake is checked with ``lake.sql`` ri
 from __future__ import annotations
 
 import io
-import socket
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 
 import voxlake
 from tests.conftest import CT_SERIES, PYDICOM_FILES, need
+from tests.server.conftest import Server
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -43,38 +42,9 @@ def make_app(lake: voxlake.Lake, **settings: Any) -> Any:
     return create_app(lake, viewer=False, **settings)
 
 
-class Server:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            self.thread.join(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join()
-        self.sock.close()
-
-    @property
-    def dicomweb(self) -> str:
-        return f"{self.url}/dicomweb"
-
-    def client(self) -> Any:
-        return dicomweb_client.DICOMwebClient(url=self.dicomweb)
+def client(server: Server) -> Any:
+    """dicomweb-client's STOW-RS against the server under test."""
+    return dicomweb_client.DICOMwebClient(url=server.dicomweb)
 
 
 @pytest.fixture
@@ -142,7 +112,7 @@ def test_store_series_and_transfer_syntaxes_are_queryable_right_after_the_respon
 ) -> None:
     paths = _ct(4) + _files(*SYNTAX_FILES)
     datasets = _datasets(paths)
-    response = server.client().store_instances(datasets)
+    response = client(server).store_instances(datasets)
     sops = [str(ds.SOPInstanceUID) for ds in datasets]
     assert sorted(str(item.ReferencedSOPInstanceUID) for item in response.ReferencedSOPSequence) == sorted(
         sops
@@ -173,7 +143,7 @@ def test_store_series_and_transfer_syntaxes_are_queryable_right_after_the_respon
 def test_store_to_one_study_sets_its_retrieve_url(server: Server, lake: voxlake.Lake) -> None:
     datasets = _datasets(_ct(2))
     study = str(datasets[0].StudyInstanceUID)
-    response = server.client().store_instances(datasets, study_instance_uid=study)
+    response = client(server).store_instances(datasets, study_instance_uid=study)
     assert response.RetrieveURL == f"{server.dicomweb}/studies/{study}"
     assert _count(lake, where=f"StudyInstanceUID = '{study}'") == 2
 
@@ -217,7 +187,7 @@ def test_non_storage_sop_class_fails_with_0122_and_409(server: Server, lake: vox
     ds = pydicom.dcmread(_files("CT_small.dcm")[0])
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.1"  # Verification
     with pytest.raises(Exception) as raised:
-        server.client().store_instances([ds])
+        client(server).store_instances([ds])
     assert getattr(raised.value, "response", None) is not None and raised.value.response.status_code == 409
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -305,8 +275,8 @@ def test_truncated_multipart_is_400_and_stores_nothing(server: Server, lake: vox
 
 def test_identical_resend_is_success_and_adds_nothing(server: Server, lake: voxlake.Lake) -> None:
     datasets = _datasets(_ct(2))
-    server.client().store_instances(datasets)
-    response = server.client().store_instances(datasets)
+    client(server).store_instances(datasets)
+    response = client(server).store_instances(datasets)
     assert len(response.ReferencedSOPSequence) == 2
     assert _count(lake) == 2 and _count(lake, "instances_history") == 2
     assert len(_dcm_files(lake)) == 2
