@@ -13,7 +13,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="a PS3.15 option, repeatable: retain-longitudinal-modified-dates, clean-descriptors, "
                    "retain-uids, retain-safe-private, retain-patient-characteristics, retain-device-identity, "
                    "retain-institution-identity, retain-longitudinal-full-dates, clean-structured-content, "
-                   "clean-graphics, clean-pixel-data (OCR and rules: burned-in text blacked out)")
+                   "clean-graphics, clean-pixel-data (OCR and rules: burned-in text blacked out), "
+                   "clean-recognizable-visual-features (leaves out what may show the patient: no defacing)")
     p.add_argument("--secret-file", default=None, help="key file you hold (e.g. openssl rand -hex 32 > deid.key)")
     p.add_argument("--recipe", default=None, help="YAML/JSON file overriding actions and listing safe private tags")
     p.add_argument("--allow-burned-in", action="store_true",
