@@ -262,3 +262,104 @@ def test_segment_stats_are_queryable_with_lake_sql(recorded):
     lake, result = recorded
     rows = lake.sql(f"SELECT label FROM segment_stats WHERE run_id = '{result.run_id}'").fetchall()
     assert {r[0] for r in rows} == {r["label"] for r in result.stats}
+
+
+def _volume(array, affine):
+    from voxlake.ai.volume import Volume
+
+    spacing = tuple(float(np.linalg.norm(affine[:3, axis])) for axis in range(3))
+    return Volume(array=array, spacing=spacing, affine=affine, sources=[], headers=[], StudyInstanceUID="1.2",
+                  SeriesInstanceUID="1.2.3", Modality="CT")
+
+
+def _oblique_affine(rng):
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * np.array([2.5, 0.7, 0.9])
+    affine[:3, 3] = rng.uniform(-200, 200, 3)
+    return affine
+
+
+@pytest.mark.parametrize("slab", [1 << 20, 50, 1])
+def test_stats_equal_a_straightforward_numpy_reference_on_an_oblique_random_volume(slab, monkeypatch):
+    from voxlake.ai import stats
+
+    monkeypatch.setattr(stats, "SLAB_VOXELS", slab)  # one slab, several slices per slab, one slice per slab
+    rng = np.random.default_rng(7)
+    shape = (11, 13, 17)
+    labels_map = rng.choice([0, 0, 0, 1, 2, 5, 7], size=shape).astype(np.uint8)
+    labels_map[:, :, :3] = np.where(labels_map[:, :, :3] == 7, 0, labels_map[:, :, :3])
+    labels_map[labels_map == 5] = 0
+    labels_map[4, 6, 9] = 5  # a single voxel
+    array = rng.normal(-300, 400, size=shape).astype(np.float32)
+    affine = _oblique_affine(rng)
+    names = {1: "body", 2: "lung", 5: "bone", 7: "fat", 9: "muscle"}  # 9 absent
+    rows = segment_stats(_volume(array, affine), labels_map, names, model_name=MODEL, model_version=VERSION)
+    assert [r["label_value"] for r in rows] == [1, 2, 5, 7]
+    assert [r["SegmentNumber"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        mask = labels_map == row["label_value"]
+        hu = array[mask].astype(np.float64)
+        index = np.argwhere(mask)
+        assert row["label"] == names[row["label_value"]]
+        assert row["voxels"] == int(mask.sum())
+        assert row["volume_ml"] == pytest.approx(mask.sum() * 2.5 * 0.7 * 0.9 / 1000, rel=1e-9)
+        assert row["mean_hu"] == pytest.approx(hu.mean(), rel=1e-9)
+        assert row["std_hu"] == pytest.approx(hu.std(), rel=1e-9, abs=1e-9)
+        assert row["bbox_min_index"] == index.min(axis=0).tolist()
+        assert row["bbox_max_index"] == index.max(axis=0).tolist()
+        centres = np.c_[index, np.ones(len(index))] @ affine.T
+        assert row["centroid_mm"] == pytest.approx(centres[:, :3].mean(axis=0).tolist(), rel=1e-9, abs=1e-9)
+        lo, hi = index.min(axis=0), index.max(axis=0)
+        corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
+                            for c in (lo[2], hi[2])]) @ affine.T
+        assert row["bbox_min_mm"] == pytest.approx(corners[:, :3].min(axis=0).tolist(), rel=1e-9, abs=1e-9)
+        assert row["bbox_max_mm"] == pytest.approx(corners[:, :3].max(axis=0).tolist(), rel=1e-9, abs=1e-9)
+
+
+def test_stats_of_a_non_contiguous_wide_label_map_and_unlisted_values(monkeypatch):
+    from voxlake.ai import stats
+
+    monkeypatch.setattr(stats, "SLAB_VOXELS", 64)
+    rng = np.random.default_rng(1)
+    labels_map = rng.integers(0, 300, size=(9, 8, 6)).astype(np.uint16).transpose(0, 2, 1)  # not C-contiguous
+    array = rng.normal(size=(9, 6, 8)).astype(np.float32)
+    names = {3: "a", 299: "b", 1000: "never"}
+    rows = segment_stats(_volume(array, np.eye(4)), labels_map, names, model_name=MODEL, model_version=VERSION)
+    assert [r["label_value"] for r in rows] == [v for v in (3, 299) if (labels_map == v).any()]
+    for row in rows:
+        mask = labels_map == row["label_value"]
+        assert row["voxels"] == int(mask.sum())
+        assert row["mean_hu"] == pytest.approx(array[mask].astype(np.float64).mean(), rel=1e-9)
+        assert row["bbox_min_index"] == np.argwhere(mask).min(axis=0).tolist()
+        assert row["bbox_max_index"] == np.argwhere(mask).max(axis=0).tolist()
+
+
+def test_encode_writes_the_same_bytes_as_pydicoms_save_as(case, volume):
+    from pydicom.filebase import DicomBytesIO
+
+    from voxlake.ai.seg import encode
+
+    seg = segmentation(volume, case["labels"], case["names"], model_name=MODEL, model_version=VERSION)
+    buffer = DicomBytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    assert encode(seg) == buffer.getvalue()
+    assert len(seg.PerFrameFunctionalGroupsSequence) == seg.NumberOfFrames  # left as it was
+
+
+def test_seg_of_labels_that_are_not_segment_numbers_renumbers_them(case, volume):
+    import highdicom as hd
+
+    labels = np.where(case["labels"] > 0, case["labels"] + 10, 0).astype(np.uint8)
+    labels[0, 0, 0] = 200  # a value the model does not name: background in the SEG
+    names = {v + 10: n for v, n in case["names"].items()}
+    seg = segmentation(volume, labels, names, model_name=MODEL, model_version=VERSION)
+    read = hd.seg.Segmentation.from_dataset(seg)
+    array = read.get_pixels_by_source_instance(source_sop_instance_uids=[s for s, _ in volume.sources],
+                                               combine_segments=True, skip_overlap_checks=True)
+    present = sorted(int(v) for v in np.unique(case["labels"]) if v)
+    lut = np.zeros(256, np.uint8)
+    lut[np.arange(1, len(present) + 1)] = np.array(present) + 10
+    expected = labels.copy()
+    expected[0, 0, 0] = 0
+    assert np.array_equal(lut[array], expected)

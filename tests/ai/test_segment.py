@@ -86,3 +86,38 @@ def test_the_cli_segments_with_a_progress_bar_and_prints_json(tmp_path, ct_serie
     assert "segment ct-tissue" in out.stderr  # the progress bar
     again = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=600, check=True).stdout)
     assert (again["segmented"], again["already_done"]) == (0, 1)
+
+
+def test_the_spark_engine_writes_what_the_local_engine_writes(tmp_path_factory, ct_series, spark, tmp_path):
+    """Series are computed in Spark tasks (the model loaded there from the registry by the version the
+    driver resolved) and committed by the driver: the same statistics, one SEG per series, the same
+    error for the MR, and nothing done twice."""
+    from voxlake.ai.registry import Registry
+    from voxlake.ai.segment import segment
+
+    registry = Registry(tmp_path / "registry")
+    results = {}
+    for engine in ("local", "spark"):
+        lake = ct_and_mr_lake(tmp_path_factory, ct_series, 60, 30)
+        summary = segment(lake, model="ct-tissue@champion", registry=registry, where="TRUE", meshes=False,
+                          engine=engine, spark_master="local[2]")
+        assert (summary.selected, summary.segmented, summary.errors) == (2, 1, 1)
+        results[engine] = (
+            lake.sql("SELECT label, voxels, mean_hu, bbox_min_index, model_version FROM segment_stats "
+                     "ORDER BY label").fetchall(),
+            lake.sql("SELECT error_class, message FROM segment_errors").fetchall(),
+            lake.sql("SELECT count(*) FROM instances WHERE Modality = 'SEG'").fetchall()[0][0],
+        )
+        again = segment(lake, model="ct-tissue", registry=registry, where="TRUE", engine=engine,
+                        spark_master="local[2]")
+        assert (again.already_done, again.segmented) == (1, 0)
+    assert results["spark"] == results["local"]
+    assert results["spark"][2] == 1 and len(results["spark"][0]) == 5
+
+
+def test_an_unknown_engine_is_refused_before_any_work(lake):
+    from voxlake.ai.segment import segment
+    from voxlake.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="engine must be local or spark"):
+        segment(lake, model="ct-tissue", engine="dask")

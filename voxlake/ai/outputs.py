@@ -28,14 +28,14 @@ import numpy as np
 
 from voxlake.ai import tables
 from voxlake.ai.meshes import surface_mesh, write_stl
-from voxlake.ai.seg import present_labels, segmentation
+from voxlake.ai.seg import encode, present_labels, segmentation
 from voxlake.ai.stats import segment_stats
 from voxlake.errors import InvalidArgumentError, VoxlakeError
 
 if TYPE_CHECKING:
     from voxlake.ai.volume import Volume
 
-__all__ = ["RecordResult", "label_meshes", "record", "record_error", "write_nifti"]
+__all__ = ["Prepared", "RecordResult", "commit", "label_meshes", "prepare", "record", "record_error", "write_nifti"]
 
 DERIVED_DICOM = ("dicom", "derived")
 DERIVED_FILES = "derived"
@@ -99,43 +99,42 @@ def label_meshes(volume: Volume, label_map: np.ndarray, labels: dict[int, str], 
     return rows
 
 
-def record(lake: Any, volume: Volume, label_map: np.ndarray, labels: dict[int, str], *, model_name: str,
-           model_version: str, nifti: bool = False, meshes: bool = True, mesh_step: int = 2,
-           transfer_syntax: str | None = None) -> RecordResult:
-    """Write a run's outputs for one series into ``lake`` (a local :class:`voxlake.Lake`): the SEG,
-    ingested into ``instances``; meshes and ``meshes`` rows (``meshes=True``); ``labels.nii.gz``
-    (``nifti=True``); ``segment_stats`` rows last. ``mesh_step=2`` by default: a body mask of a 512x512x134 CT gives
-    0.5 M faces (27 MB of STL) instead of 2.2 M, at the same enclosed volume (within 0.5 %). Raises the SEG's errors
-    (:class:`~voxlake.ai.seg.EmptySegmentationError`, :class:`InvalidArgumentError`) before
-    writing anything, and :class:`VoxlakeError` when the SEG cannot be ingested (its file removed).
+@dataclass
+class Prepared:
+    """A run's outputs computed and their files written, nothing committed yet: what
+    :func:`prepare` hands to :func:`commit` (picklable, so a Spark executor computes it and the
+    driver commits it)."""
 
-    >>> result = record(lake, volume, model.predict(volume), model.labels,  # doctest: +SKIP
-    ...                 model_name=model.name, model_version=model.version)
-    >>> lake.sql(f"SELECT label, volume_ml FROM segment_stats WHERE run_id = '{result.run_id}'")  # doctest: +SKIP
-    """
-    from pydicom.filebase import DicomBytesIO
+    run_id: str
+    seg_bytes: bytes
+    seg_uids: tuple[str, str, str]  # Study, Series, SOP Instance UIDs of the SEG
+    stats: list[dict[str, Any]]
+    meshes: list[dict[str, Any]]
+    nifti_path: Path | None
+    timings: dict[str, float]
 
+
+def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels: dict[int, str], *,
+            model_name: str, model_version: str, nifti: bool = False, meshes: bool = True, mesh_step: int = 2,
+            transfer_syntax: str | None = None) -> Prepared:
+    """Compute every output of a run (the SEG as bytes, the statistics and mesh rows) and write its
+    files (meshes, NIfTI) under ``<lake_root>/derived``; commit nothing. Raises the SEG's errors
+    (:class:`~voxlake.ai.seg.EmptySegmentationError`, :class:`InvalidArgumentError`) before writing."""
     from voxlake.ingest.run import new_run_id
-    from voxlake.lake import storage
 
-    if not storage.is_local(lake.uri):
-        raise InvalidArgumentError(f"{lake.uri}: segmentation outputs need a local lake (files are fsynced)")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_id = new_run_id()
     options = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
     seg = segmentation(volume, label_map, labels, model_name=model_name, model_version=model_version, **options)
-    buffer = DicomBytesIO()
-    seg.save_as(buffer, enforce_file_format=True)
+    data = encode(seg)
     timings["seg"] = time.perf_counter() - t0
 
-    # Everything is computed (and the files written) before the first commit: a failure here
-    # leaves no SEG in the lake without its statistics.
     lineage = {"SeriesInstanceUID": volume.SeriesInstanceUID, "StudyInstanceUID": volume.StudyInstanceUID,
                "model": model_name, "model_version": str(model_version),
                "SegmentationSOPInstanceUID": seg.SOPInstanceUID, "run_id": run_id,
                "created_at": datetime.now(UTC)}
-    folder = Path(lake.uri, DERIVED_FILES, volume.StudyInstanceUID, volume.SeriesInstanceUID, _safe(model_name),
+    folder = Path(lake_root, DERIVED_FILES, volume.StudyInstanceUID, volume.SeriesInstanceUID, _safe(model_name),
                   _safe(str(model_version)), run_id)
     mesh_rows: list[dict[str, Any]] = []
     if meshes:
@@ -153,16 +152,53 @@ def record(lake: Any, volume: Volume, label_map: np.ndarray, labels: dict[int, s
                           seg_sop_instance_uid=seg.SOPInstanceUID, seg_series_instance_uid=seg.SeriesInstanceUID,
                           run_id=run_id, segment_numbers=numbers)
     timings["stats"] = time.perf_counter() - t0
+    return Prepared(run_id, data, (str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID),
+                                                str(seg.SOPInstanceUID)), stats, mesh_rows, nifti_path, timings)
 
+
+def commit(lake: Any, prepared: Prepared) -> RecordResult:
+    """Land and ingest the SEG, then append ``meshes`` and, last, ``segment_stats`` (the commit
+    point: a row there means the series is done by that model version)."""
+    timings = dict(prepared.timings)
     t0 = time.perf_counter()
-    seg_path = _land_and_ingest(lake, buffer.getvalue(), seg)
+    seg_path = _land_and_ingest(lake, prepared.seg_bytes, *prepared.seg_uids)
     timings["ingest"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tables.append(lake.uri, "meshes", mesh_rows)
-    tables.append(lake.uri, "segment_stats", stats)  # the commit point: last
+    tables.append(lake.uri, "meshes", prepared.meshes)
+    tables.append(lake.uri, "segment_stats", prepared.stats)  # the commit point: last
     timings["tables"] = time.perf_counter() - t0
-    return RecordResult(run_id, seg_path, seg.SOPInstanceUID, seg.SeriesInstanceUID, stats, mesh_rows,
-                        nifti_path, timings)
+    return RecordResult(prepared.run_id, seg_path, prepared.seg_uids[2], prepared.seg_uids[1], prepared.stats,
+                        prepared.meshes, prepared.nifti_path, timings)
+
+
+def record(lake: Any, volume: Volume, label_map: np.ndarray, labels: dict[int, str], *, model_name: str,
+           model_version: str, nifti: bool = False, meshes: bool = True, mesh_step: int = 2,
+           transfer_syntax: str | None = None) -> RecordResult:
+    """Write a run's outputs for one series into ``lake`` (a local :class:`voxlake.Lake`): the SEG,
+    ingested into ``instances``; meshes and ``meshes`` rows (``meshes=True``); ``labels.nii.gz``
+    (``nifti=True``); ``segment_stats`` rows last (:func:`prepare`, then :func:`commit`).
+    ``mesh_step=2`` by default: a body mask of a 512x512x134 CT gives 0.5 M faces (27 MB of STL)
+    instead of 2.2 M, at the same enclosed volume (within 0.5 %). Raises the SEG's errors
+    (:class:`~voxlake.ai.seg.EmptySegmentationError`, :class:`InvalidArgumentError`) before
+    writing anything, and :class:`VoxlakeError` when the SEG cannot be ingested (its file removed).
+
+    >>> result = record(lake, volume, model.predict(volume), model.labels,  # doctest: +SKIP
+    ...                 model_name=model.name, model_version=model.version)
+    >>> lake.sql(f"SELECT label, volume_ml FROM segment_stats WHERE run_id = '{result.run_id}'")  # doctest: +SKIP
+    """
+    local_root(lake)
+    return commit(lake, prepare(lake.uri, volume, label_map, labels, model_name=model_name,
+                                model_version=model_version, nifti=nifti, meshes=meshes, mesh_step=mesh_step,
+                                transfer_syntax=transfer_syntax))
+
+
+def local_root(lake: Any) -> Path:
+    """The lake's folder; outputs need a local lake (their files are fsynced, the SEG landed)."""
+    from voxlake.lake import storage
+
+    if not storage.is_local(lake.uri):
+        raise InvalidArgumentError(f"{lake.uri}: segmentation outputs need a local lake (files are fsynced)")
+    return Path(lake.uri)
 
 
 def record_error(lake: Any, series_uid: str, model_name: str, model_version: str, error_class: str,
@@ -175,14 +211,14 @@ def record_error(lake: Any, series_uid: str, model_name: str, model_version: str
         "error_class": error_class, "message": first_line, "run_id": run_id, "time": datetime.now(UTC)}])
 
 
-def _land_and_ingest(lake: Any, data: bytes, seg: Any) -> Path:
+def _land_and_ingest(lake: Any, data: bytes, study: str, series: str, sop: str) -> Path:
     """Land the SEG durably under ``dicom/derived`` and ingest it, holding the landing lock (shared
     with STOW-RS and the DIMSE committer); a SEG that is not indexed is removed and reported."""
     from voxlake.net.store import LandingArea
 
     root = Path(lake.uri, *DERIVED_DICOM)
     with LandingArea(Path(lake.uri, DERIVED_DICOM[0])).lock():
-        path, new = LandingArea(root).store(data, seg.StudyInstanceUID, seg.SeriesInstanceUID, seg.SOPInstanceUID)
+        path, new = LandingArea(root).store(data, study, series, sop)
         try:
             summary = lake.ingest(str(path), workers=0)
         except Exception:
@@ -192,7 +228,7 @@ def _land_and_ingest(lake: Any, data: bytes, seg: Any) -> Path:
         if summary.errors or (new and not summary.indexed):
             if new:
                 path.unlink(missing_ok=True)
-            raise VoxlakeError(f"SEG {seg.SOPInstanceUID} of series {seg.SeriesInstanceUID}: {path} was not "
+            raise VoxlakeError(f"SEG {sop} of series {series}: {path} was not "
                                f"indexed (run {summary.run_id}: {summary.errors} errors); see ingest_errors")
     return path
 

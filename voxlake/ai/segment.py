@@ -70,9 +70,24 @@ class SegmentSummary:
 def segment_series(lake: Lake, series_instance_uid: str, model: SegmentationModel, *, nifti: bool = False,
                    meshes: bool = True) -> SeriesOutcome:
     """Segment one series and record the outputs; raises on any problem (see :func:`segment`)."""
+    from voxlake.ai.outputs import commit, local_root
+
+    prepared, timings, volumes = _compute(lake, local_root(lake), series_instance_uid, model, nifti=nifti,
+                                          meshes=meshes)
+    t0 = time.perf_counter()
+    result = commit(lake, prepared)
+    timings["record"] += time.perf_counter() - t0
+    return SeriesOutcome(series_instance_uid, "segmented", SEG=result.SOPInstanceUID, timings=timings,
+                         volumes_ml=volumes)
+
+
+def _compute(lake: Lake, root: Any, series_instance_uid: str, model: SegmentationModel, *, nifti: bool,
+             meshes: bool) -> tuple[Any, dict[str, float], dict[str, float]]:
+    """Everything of a series' run but the commits: the checks, the volume, the prediction and the
+    outputs (:func:`voxlake.ai.outputs.prepare`); returns them with seconds per step."""
     import numpy as np
 
-    from voxlake.ai.outputs import record
+    from voxlake.ai.outputs import prepare
     from voxlake.ai.volume import load_series
 
     t0 = time.perf_counter()
@@ -95,12 +110,11 @@ def segment_series(lake: Lake, series_instance_uid: str, model: SegmentationMode
     if undeclared:
         raise ModelOutputError(f"model {model.name}:{model.version} returned labels {undeclared} it does not "
                                f"declare (declared: {sorted(model.labels)})")
-    result = record(lake, volume, label_map, model.labels, model_name=model.name, model_version=model.version,
-                    nifti=nifti, meshes=meshes)
+    prepared = prepare(root, volume, label_map, model.labels, model_name=model.name, model_version=model.version,
+                       nifti=nifti, meshes=meshes)
     t3 = time.perf_counter()
-    return SeriesOutcome(series_instance_uid, "segmented", SEG=result.SOPInstanceUID,
-                         timings={"load": t1 - t0, "predict": t2 - t1, "record": t3 - t2},
-                         volumes_ml={r["label"]: float(r["volume_ml"]) for r in result.stats})
+    volumes = {r["label"]: float(r["volume_ml"]) for r in prepared.stats}
+    return prepared, {"load": t1 - t0, "predict": t2 - t1, "record": t3 - t2}, volumes
 
 
 def _selected(lake: Lake, where: str | None, rules: Any) -> list[str]:
@@ -125,16 +139,30 @@ def _done(lake: Lake, model: SegmentationModel) -> set[str]:
 
 def segment(lake: Lake, *, model: str | SegmentationModel = "ct-tissue", where: str | None = "Modality = 'CT'",
             rules: Any = None, registry: Any = None, redo: bool = False, nifti: bool = False,
-            meshes: bool = True, on_start: Callable[[int], None] | None = None,
+            meshes: bool = True, engine: str = "local", spark_master: str | None = None,
+            on_start: Callable[[int], None] | None = None,
             progress: Callable[[SeriesOutcome], None] | None = None) -> SegmentSummary:
     """Segment the series that ``where`` (SQL over ``instances``) or ``rules`` (a rules document,
     :mod:`voxlake.ai.rules`) selects with ``model`` (a :class:`SegmentationModel`, or a registry
     spec such as ``ct-tissue`` or ``phantom-organs@champion``). Series already done by that model
-    version are skipped unless ``redo``."""
+    version are skipped unless ``redo``.
+
+    ``engine="spark"``: each series is loaded, predicted and its outputs computed in a Spark task
+    (:func:`_compute`, the local engine's own function), and the driver commits each as it comes
+    back, so the lake sees the same commits in the same form. A registry spec is resolved to one
+    version on the driver and loaded once per executor process; a model object travels pickled."""
+    if engine not in ("local", "spark"):
+        raise InvalidArgumentError(f"engine must be local or spark; got {engine!r}")
+    spec = None
     if isinstance(model, str):
         from voxlake.ai.registry import Registry
 
-        model = (registry if registry is not None else Registry()).load(model)
+        registry = registry if registry is not None else Registry()
+        model = registry.load(model)
+        spec = (registry.uri, f"{model.name}:{model.version}")
+    from voxlake.ai.outputs import commit, local_root, record_error
+
+    root = local_root(lake)
     start = time.perf_counter()
     summary = SegmentSummary(model.name, str(model.version))
     selected = _selected(lake, where, rules)
@@ -143,19 +171,92 @@ def segment(lake: Lake, *, model: str | SegmentationModel = "ct-tissue", where: 
     summary.selected, summary.already_done = len(selected), len(selected) - len(todo)
     if on_start is not None:
         on_start(len(todo))
-    for series in todo:
-        try:
-            outcome = segment_series(lake, series, model, nifti=nifti, meshes=meshes)
-            summary.segmented += 1
-        except Exception as exc:  # one series never stops the batch; the error is recorded
-            from voxlake.ai.outputs import record_error
-
-            outcome = SeriesOutcome(series, "error", type(exc).__name__, str(exc).strip().splitlines()[0]
-                                    if str(exc).strip() else type(exc).__name__)
-            record_error(lake, series, model.name, str(model.version), outcome.error_class, outcome.message)
+    if engine == "spark":
+        computed = _spark_compute(lake.uri, str(root), todo, spec or model, nifti, meshes, spark_master)
+    else:
+        computed = (_attempt(lake, root, series, model, nifti, meshes) for series in todo)
+    for series, prepared, timings, volumes, error in computed:
+        if error is None:
+            try:
+                t0 = time.perf_counter()
+                seg = commit(lake, prepared).SOPInstanceUID
+                timings["record"] += time.perf_counter() - t0
+                outcome = SeriesOutcome(series, "segmented", SEG=seg, timings=timings, volumes_ml=volumes)
+            except Exception as exc:  # the SEG could not be ingested
+                error = _error(exc)
+        if error is not None:  # one series never stops the batch; the error is recorded
+            outcome = SeriesOutcome(series, "error", *error)
+            record_error(lake, series, model.name, str(model.version), *error)
             summary.errors += 1
+        else:
+            summary.segmented += 1
         summary.outcomes.append(outcome)
         if progress is not None:
             progress(outcome)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+_Computed = tuple[str, Any, dict[str, float], dict[str, float], tuple[str, str] | None]
+
+
+def _error(exc: BaseException) -> tuple[str, str]:
+    text = str(exc).strip()
+    return type(exc).__name__, text.splitlines()[0] if text else type(exc).__name__
+
+
+def _attempt(lake: Lake, root: Any, series: str, model: SegmentationModel, nifti: bool,
+             meshes: bool) -> _Computed:
+    """:func:`_compute` for one series, its exception caught as (class name, first line)."""
+    try:
+        prepared, timings, volumes = _compute(lake, root, series, model, nifti=nifti, meshes=meshes)
+    except Exception as exc:
+        return series, None, {}, {}, _error(exc)
+    return series, prepared, timings, volumes, None
+
+
+def _spark_compute(lake_uri: str, root: str, todo: list[str], model: Any, nifti: bool, meshes: bool,
+                   master: str | None) -> Any:
+    """Results of :func:`_attempt` per series, computed by Spark tasks, in ``todo`` order."""
+    if not todo:
+        return iter(())
+    from voxlake.ingest.engines.spark import spark_session
+
+    sc = spark_session(master).sparkContext
+    slices = max(1, min(len(todo), sc.defaultParallelism))
+    task = _SparkTask(lake_uri, root, model, nifti, meshes)
+    return sc.parallelize(todo, slices).mapPartitions(task).toLocalIterator()
+
+
+@dataclass(frozen=True)
+class _SparkTask:
+    """What an executor needs: the lake, and the model as (registry URI, ``name:version``) or pickled."""
+
+    lake_uri: str
+    root: str
+    model: Any
+    nifti: bool
+    meshes: bool
+
+    def __call__(self, series: Any) -> Any:
+        import voxlake
+
+        lake = voxlake.open(self.lake_uri)
+        model = _executor_model(self.model)
+        for uid in series:
+            yield _attempt(lake, self.root, uid, model, self.nifti, self.meshes)
+
+
+_EXECUTOR_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def _executor_model(model: Any) -> Any:
+    """A registry spec loaded once per executor process (a network takes seconds to load)."""
+    if not isinstance(model, tuple):
+        return model
+    if model not in _EXECUTOR_MODELS:
+        from voxlake.ai.registry import Registry
+
+        _EXECUTOR_MODELS.clear()
+        _EXECUTOR_MODELS[model] = Registry(model[0]).load(model[1])
+    return _EXECUTOR_MODELS[model]

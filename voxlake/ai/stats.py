@@ -29,28 +29,12 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
     segment number (default: 1, 2, … in label order, as :func:`voxlake.ai.seg.segmentation` numbers).
     """
     check_label_map(volume, label_map, labels)
-    from scipy import ndimage
-
     size = max(max(labels, default=0), int(label_map.max(initial=0))) + 1
-    n_slices, n_rows, n_columns = label_map.shape
-    # One pass over the slices, every label at once: voxel counts per slice, and sums of HU, HU²,
-    # row and column index per label (for mean, SD and centroid), each slice in float64 on its own,
-    # never the whole volume at once.
-    rows_grid = np.repeat(np.arange(n_rows, dtype=np.float64), n_columns)
-    columns_grid = np.tile(np.arange(n_columns, dtype=np.float64), n_rows)
-    per_slice = np.zeros((n_slices, size), np.int64)
-    sums, squares, row_sums, column_sums = (np.zeros(size) for _ in range(4))
-    for k in range(n_slices):
-        flat = label_map[k].ravel()
-        values = volume.array[k].ravel().astype(np.float64)
-        per_slice[k] = np.bincount(flat, minlength=size)
-        sums += np.bincount(flat, weights=values, minlength=size)
-        squares += np.bincount(flat, weights=values * values, minlength=size)
-        row_sums += np.bincount(flat, weights=rows_grid, minlength=size)
-        column_sums += np.bincount(flat, weights=columns_grid, minlength=size)
+    per_slice, per_row, per_column, sums, squares = _label_sums(label_map, volume.array, size)
     counts = per_slice.sum(axis=0)
-    slice_sums = (per_slice * np.arange(n_slices)[:, None]).sum(axis=0)
-    boxes = ndimage.find_objects(label_map, max_label=size - 1)  # bounding boxes, one C pass
+    slice_sums = (per_slice * np.arange(per_slice.shape[0])[:, None]).sum(axis=0)
+    row_sums = (per_row * np.arange(per_row.shape[0])[:, None]).sum(axis=0)
+    column_sums = (per_column * np.arange(per_column.shape[0])[:, None]).sum(axis=0)
     present = [v for v in sorted(labels) if 0 < v < size and counts[v] > 0]
     numbers = segment_numbers or {v: n for n, v in enumerate(present, start=1)}
     affine = np.asarray(volume.affine, dtype=np.float64)
@@ -60,9 +44,9 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
         n = int(counts[value])
         mean = sums[value] / n
         var = max(squares[value] / n - mean * mean, 0.0)
-        box = boxes[value - 1]
-        lo = [int(b.start) for b in box]
-        hi = [int(b.stop) - 1 for b in box]
+        extents = [_extent(per_axis[:, value]) for per_axis in (per_slice, per_row, per_column)]
+        lo = [first for first, _ in extents]
+        hi = [last for _, last in extents]
         centroid = [slice_sums[value] / n, row_sums[value] / n, column_sums[value] / n]
         corners = np.array([[a, b, c, 1.0] for a in (lo[0], hi[0]) for b in (lo[1], hi[1])
                             for c in (lo[2], hi[2])]) @ affine.T
@@ -89,3 +73,53 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
             "created_at": now,
         })
     return rows
+
+
+#: Voxels per slab in :func:`_label_sums`: a few slices at a time, so the temporaries (the indices of
+#: the labelled voxels and their HU in float64) stay in cache instead of spanning the whole volume.
+SLAB_VOXELS = 1 << 20
+
+
+def _label_sums(label_map: np.ndarray, array: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """Per label value (0 .. ``size`` - 1) of ``label_map``: voxel counts per slice, per row and per
+    column (shapes (slices, size), (rows, size), (columns, size)), and the float64 sums of ``array``
+    and of its square. Background (0) is left out of all of them (its entries stay 0).
+
+    Slabs of a few slices; in each, only the labelled voxels: their flat indices give slice, row and
+    column, and two integer histograms of ``label + size * position`` count them per (slice, row)
+    and per column: exact integers, from which the centroid sums and the bounding boxes follow."""
+    n_slices, n_rows, n_columns = label_map.shape
+    per_slice = np.zeros((n_slices, size), np.int64)
+    per_row = np.zeros((n_rows, size), np.int64)
+    per_column = np.zeros((n_columns, size), np.int64)
+    sums, squares = np.zeros(size), np.zeros(size)
+    step = max(1, min(SLAB_VOXELS // max(n_rows * n_columns, 1), SLAB_VOXELS // max(n_rows * size, 1)))
+    for k0 in range(0, n_slices, step):
+        k1 = min(n_slices, k0 + step)
+        flat = label_map[k0:k1].reshape(-1)
+        where = np.flatnonzero(flat != 0)
+        if not where.size:
+            continue
+        values = flat[where].astype(np.intp)
+        hu = array[k0:k1].reshape(-1)[where].astype(np.float64)
+        line = where // n_columns  # (k - k0) * n_rows + j
+        column = where  # reused in place: i = where - line * n_columns
+        column -= line * n_columns
+        line *= size
+        line += values
+        by_line = np.bincount(line, minlength=(k1 - k0) * n_rows * size).reshape(k1 - k0, n_rows, size)
+        per_slice[k0:k1] = by_line.sum(axis=1)
+        per_row += by_line.sum(axis=0)
+        column *= size
+        column += values
+        per_column += np.bincount(column, minlength=n_columns * size).reshape(n_columns, size)
+        sums += np.bincount(values, weights=hu, minlength=size)
+        hu *= hu
+        squares += np.bincount(values, weights=hu, minlength=size)
+    return per_slice, per_row, per_column, sums, squares
+
+
+def _extent(counts: np.ndarray) -> tuple[int, int]:
+    """The first and last index where ``counts`` is positive (it is somewhere)."""
+    where = np.flatnonzero(counts)
+    return int(where[0]), int(where[-1])
