@@ -67,6 +67,7 @@ bench: install java dicom-tools deid-tools viewer
 	$(PY) bench/dicomweb_bench.py --million
 	$(PY) bench/viewer_bench.py
 	$(PY) bench/deid_bench.py
+	$(PY) bench/ai_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work .cache

@@ -114,6 +114,12 @@ def test_the_spark_engine_writes_what_the_local_engine_writes(tmp_path_factory, 
     assert results["spark"] == results["local"]
     assert results["spark"][2] == 1 and len(results["spark"][0]) == 5
 
+    from voxlake.cli.main import main  # the CLI's --engine spark, on this process's Spark session
+
+    assert main(["segment", "--lake", lake.uri, "--model", "ct-tissue", "--registry", str(tmp_path / "registry"),
+                 "--where", "Modality = 'CT'", "--redo", "--no-meshes", "--engine", "spark", "--quiet"]) == 0
+    assert lake.sql("SELECT count(*) FROM instances WHERE Modality = 'SEG'").fetchall()[0][0] == 2
+
 
 def test_an_unknown_engine_is_refused_before_any_work(lake):
     from voxlake.ai.segment import segment

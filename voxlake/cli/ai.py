@@ -38,17 +38,31 @@ def add_parser(sub: Any) -> None:
     s = sub.add_parser("segment", help="segment series of a lake: DICOM SEG, segment_stats and meshes written back",
                        description="Series are chosen by --where (SQL over the instances view) or --rules (a JSON "
                        "rules file); those the model version has done already are skipped. One failing series "
-                       "is recorded in segment_errors and the batch goes on.")
+                       "is recorded in segment_errors and the batch goes on. With --auto RULES.json it runs "
+                       "beside 'voxlake ingest --watch': each series the rules select is segmented once it is "
+                       "complete (no new instance for --quiet-seconds), until Ctrl-C.")
     s.add_argument("--lake", required=True, help="lake folder or URL")
     s.add_argument("--model", default="ct-tissue", help="NAME, NAME@ALIAS or NAME:VERSION (default ct-tissue)")
     choose = s.add_mutually_exclusive_group()
     choose.add_argument("--where", default="Modality = 'CT'", help="SQL condition (default: Modality = 'CT')")
     choose.add_argument("--rules", default=None, help="series-selection rules (JSON file)")
+    choose.add_argument("--auto", default=None, metavar="RULES.json",
+                        help="on arrival: keep running, segment each series these rules select once complete")
+    s.add_argument("--quiet-seconds", type=float, default=None, metavar="N",
+                   help="--auto: a series is complete when no instance arrived for N seconds (default 30)")
+    s.add_argument("--interval", type=float, default=None, metavar="S",
+                   help="--auto: seconds between looks at the lake (default 5)")
+    s.add_argument("--once", action="store_true", help="--auto: one pass over the lake, then exit")
+    s.add_argument("--engine", choices=["local", "spark"], default="local",
+                   help="local (default) or spark: series computed in Spark tasks, committed by this process")
+    s.add_argument("--spark-master", default=None,
+                   help="Spark master URL for --engine spark (default local[*])")
     s.add_argument("--redo", action="store_true", help="segment again series this model version has done")
     s.add_argument("--nifti", action="store_true", help="also write the label map as NIfTI")
     s.add_argument("--no-meshes", action="store_true", help="no STL surface meshes")
     s.add_argument("--registry", default=None, help=registry_help)
-    s.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    s.add_argument("--json", action="store_true",
+                   help="print the summary as one JSON object (--auto: one object per series, one per line)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
@@ -60,6 +74,20 @@ def run(args: argparse.Namespace) -> int:
         import voxlake
 
         lake = voxlake.open(args.lake)
+        if args.auto is not None:
+            if args.engine != "local" or args.spark_master is not None:
+                from voxlake.errors import InvalidArgumentError
+
+                raise InvalidArgumentError("--engine spark runs a batch (--where or --rules), not --auto")
+            return _auto(args, lake)
+        if args.quiet_seconds is not None or args.interval is not None or args.once:
+            from voxlake.errors import InvalidArgumentError
+
+            raise InvalidArgumentError("--quiet-seconds, --interval and --once go with --auto RULES.json")
+        if args.spark_master is not None and args.engine != "spark":
+            from voxlake.errors import InvalidArgumentError
+
+            raise InvalidArgumentError("--spark-master goes with --engine spark")
         lake.versions()  # a missing lake is one clear error, before any model or registry opens
         return _segment(args, lake, Registry(args.registry))
     registry = Registry(args.registry)
@@ -142,8 +170,8 @@ def _segment(args: argparse.Namespace, lake: Any, registry: Any) -> int:
 
     try:
         summary = segment(lake, model=model, where=None if args.rules else args.where, rules=args.rules,
-                          redo=args.redo, nifti=args.nifti, meshes=not args.no_meshes, on_start=on_start,
-                          progress=progress)
+                          redo=args.redo, nifti=args.nifti, meshes=not args.no_meshes, engine=args.engine,
+                          spark_master=args.spark_master, on_start=on_start, progress=progress)
     finally:
         for b in bar:
             b.close()
@@ -154,3 +182,53 @@ def _segment(args: argparse.Namespace, lake: Any, registry: Any) -> int:
               f"{summary.already_done} done before, {summary.errors} errors (in segment_errors), "
               f"{summary.seconds:.1f} s")
     return 0 if summary.errors == 0 else 1
+
+
+def _auto(args: argparse.Namespace, lake: Any) -> int:
+    """``segment --auto``: one line per series (one JSON object with ``--json``) as it is done."""
+    from voxlake.ai.auto import outcome_dict, watch
+    from voxlake.ai.registry import Registry
+    from voxlake.ai.rules import load_rules
+    from voxlake.cli.output import print_json
+    from voxlake.errors import InvalidArgumentError
+
+    if args.redo:
+        raise InvalidArgumentError("--redo does not go with --auto (it would segment every series at every pass)")
+    quiet = 30.0 if args.quiet_seconds is None else args.quiet_seconds
+    interval = 5.0 if args.interval is None else args.interval
+    rules = load_rules(args.auto)  # a bad rules file is one clear error before anything starts
+    if args.once:
+        lake.versions()  # a missing lake is one clear error
+    elif not lake.exists():
+        print(f"voxlake: no lake at {lake.uri} yet; waiting for the first ingest", file=sys.stderr, flush=True)
+    registry = Registry(args.registry)
+
+    def on_model(model: Any) -> None:
+        print(f"voxlake: segmenting series of {args.auto} with {model.name}:{model.version} once complete "
+              f"(no new instance for {quiet:g} s)" + ("" if args.once else "; Ctrl-C to stop"),
+              file=sys.stderr, flush=True)
+
+    def progress(outcome: Any, model: Any) -> None:
+        if args.json:
+            print_json(outcome_dict(outcome, model.name, str(model.version)))
+        elif outcome.status == "error":
+            print(f"failed {outcome.SeriesInstanceUID} with {model.name}:{model.version}: "
+                  f"{outcome.error_class}: {outcome.message}")
+        else:
+            volumes = ", ".join(f"{k} {v:.0f} ml" for k, v in outcome.volumes_ml.items())
+            print(f"segmented {outcome.SeriesInstanceUID} with {model.name}:{model.version} in "
+                  f"{sum(outcome.timings.values()):.1f} s: SEG {outcome.SEG}" + (f" ({volumes})" if volumes else ""))
+        sys.stdout.flush()
+
+    summary = watch(lake, rules, args.model, quiet_seconds=quiet, interval=interval, once=args.once,
+                    progress=progress, on_model=on_model, registry=registry, nifti=args.nifti,
+                    meshes=not args.no_meshes)
+    counts = f"{summary.segmented} series segmented, {summary.errors} errors (in segment_errors)"
+    if args.once:
+        if args.json:
+            print_json({k: v for k, v in summary.to_dict().items() if k != "series"})
+        else:
+            print(f"{', '.join(summary.versions)}: {counts}, {summary.seconds:.1f} s")
+        return 0 if summary.errors == 0 else 1
+    print(f"voxlake: stopped after {summary.passes} passes: {counts}", file=sys.stderr, flush=True)
+    return 0
