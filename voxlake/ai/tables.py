@@ -33,6 +33,26 @@ here is the commit point that says "this series is done by this model version".
 **`segment_errors`** — one row per series a model failed on: `SeriesInstanceUID`, `model`,
 `model_version`, `error_class` (the exception's class name), `message` (one line), `run_id`,
 `time` (timestamp UTC).
+
+**`labels`** — one row per segment of each DICOM SEG of the lake (the model's own and the ones a
+viewer such as OHIF stored through STOW-RS), appended by :func:`voxlake.ai.labels.sync_labels`.
+Several annotators and versions per series are kept; the latest `final` wins for training
+(:func:`voxlake.ai.labels.final_labels`).
+
+| column | type | notes |
+|---|---|---|
+| `SeriesInstanceUID`, `StudyInstanceUID` | string | the source series the SEG segments, and its study |
+| `SegmentationSOPInstanceUID`, `SegmentationSeriesInstanceUID` | string | the SEG (a row of `instances`) |
+| `label_version` | int32 | 1, 2, … per source series, in the order its SEGs were indexed (then synced) |
+| `author` | string | the SEG's ContentCreatorName, else OperatorsName, else Manufacturer (DICOM PN form, `Dr^Reader`) |
+| `time` | timestamp UTC | the SEG's ContentDate + ContentTime (shifted by TimezoneOffsetFromUTC when given, else read as UTC); its `indexed_at` when absent |
+| `status` | string | `original`: a model output (its SOP Instance UID is in `segment_stats`); `final`: a human correction |
+| `model`, `model_version` | string | an original's own; for a final, those of the original it corrected; null when none |
+| `corrects_sop_instance_uid` | string | a final's original: the latest original of the same series indexed before it; null for originals |
+| `label`, `SegmentNumber` | string, int32 | the segment's SegmentLabel and number in the SEG |
+| `voxels` | int64 | voxels of the segment on the source grid |
+| `dice` | double | a final's segment against the original's segment of the same label (case-insensitive) on the source grid, 2 × overlap / (sum of both voxel counts), 1.0 when both are empty; null for originals and for labels the original lacks |
+| `indexed_at`, `created_at` | timestamp UTC | when the SEG was indexed into `instances`; when the row was written |
 """
 
 from __future__ import annotations
@@ -41,7 +61,7 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["MESHES", "SEGMENT_ERRORS", "SEGMENT_STATS", "TABLES", "append"]
+__all__ = ["LABELS", "MESHES", "SEGMENT_ERRORS", "SEGMENT_STATS", "TABLES", "append"]
 
 _TS = pa.timestamp("us", tz="UTC")
 _IDS = [
@@ -71,9 +91,18 @@ SEGMENT_ERRORS = pa.schema([
     ("error_class", pa.string()), ("message", pa.string()), ("run_id", pa.string()), ("time", _TS),
 ])
 
+LABELS = pa.schema([
+    ("SeriesInstanceUID", pa.string()), ("StudyInstanceUID", pa.string()),
+    ("SegmentationSOPInstanceUID", pa.string()), ("SegmentationSeriesInstanceUID", pa.string()),
+    ("label_version", pa.int32()), ("author", pa.string()), ("time", _TS), ("status", pa.string()),
+    ("model", pa.string()), ("model_version", pa.string()), ("corrects_sop_instance_uid", pa.string()),
+    ("label", pa.string()), ("SegmentNumber", pa.int32()), ("voxels", pa.int64()), ("dice", pa.float64()),
+    ("indexed_at", _TS), ("created_at", _TS),
+])
+
 #: Table name → schema, for :mod:`voxlake.lake.sql` to expose (empty when the table is absent).
 TABLES: dict[str, pa.Schema] = {
-    "segment_stats": SEGMENT_STATS, "meshes": MESHES, "segment_errors": SEGMENT_ERRORS,
+    "segment_stats": SEGMENT_STATS, "meshes": MESHES, "segment_errors": SEGMENT_ERRORS, "labels": LABELS,
 }
 
 
