@@ -120,3 +120,54 @@ def test_a_job_reports_progress_and_one_left_queued_runs_after_a_restart(lake, r
             job = http.get(f"/ai/jobs/{left.id}").json()
         assert job["status"] == "done" and job["results"][0]["status"] in ("segmented", "done before")
         assert http.get("/ai/jobs/ffffffffffffffffffffffffffffffff").status_code == 404
+
+
+def test_activelearning_next_names_a_series_and_the_ohif_url_that_opens_it(lake, registry) -> None:
+    import httpx
+
+    study, series = _uids(lake, "CT")
+    with Server(_app(lake, registry)) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        r = http.get("/ai/activelearning/next", params={"strategy": "first"})
+        assert r.status_code == 200, r.text
+        case = r.json()
+        assert (case["SeriesInstanceUID"], case["StudyInstanceUID"], case["strategy"]) == (series, study, "first")
+        assert case["viewer_url"] == (f"{server.url}/segmentation?StudyInstanceUIDs={study}"
+                                      f"&initialSeriesInstanceUID={series}")
+        assert http.get("/ai/activelearning/next", params={"modality": "MR"}).json()["SeriesInstanceUID"] == \
+            _uids(lake, "MR")[1]
+        for params, status, words in [({"strategy": "entropy"}, 400, "strategy must be one of"),
+                                      ({"strategy": "uncertainty", "model": "ct-tissue"}, 400, "no probabilities"),
+                                      ({"modality": "CT'--"}, 400, "modality must be"),
+                                      ({"modality": "XA"}, 404, "no series left to label")]:
+            r = http.get("/ai/activelearning/next", params=params)
+            assert r.status_code == status and words in r.json()["reason"], (params, r.text)
+
+
+@pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name")
+def test_a_correction_stored_through_stow_rs_becomes_a_final_label(lake, registry, tmp_path) -> None:
+    """What OHIF does when a reader saves an edited segmentation: STOW-RS of a SEG over the model's."""
+    import httpx
+    import pydicom
+
+    dicomweb_client = pytest.importorskip("dicomweb_client")
+    from tests.ai.test_labels import viewer_seg
+    from voxlake.ai.volume import load_series
+
+    _study, series = _uids(lake, "CT")
+    app = _app(lake, registry)
+    with Server(app) as server, httpx.Client(base_url=server.url, timeout=300) as http:
+        r = http.post("/ai/models/ct-tissue/infer", json={"SeriesInstanceUID": series, "meshes": False})
+        assert r.status_code == 200, r.text
+        volume = load_series(lake, series)
+        label_map = registry.load("ct-tissue").predict(volume)
+        label_map[label_map == 4] = 0  # the reader erases the fat
+        sop = viewer_seg(volume, label_map, tmp_path, creator="Dr^Reader")
+        app.state.ai.labels_synced.clear()
+        client = dicomweb_client.DICOMwebClient(url=f"{server.url}/dicomweb")
+        client.store_instances([pydicom.dcmread(tmp_path / f"{sop}.dcm")])
+        assert app.state.ai.labels_synced.wait(120)
+    rows = {r["label"]: r for r in lake.sql(f"SELECT * FROM labels WHERE SegmentationSOPInstanceUID = '{sop}'")
+            .arrow().to_pylist()}
+    assert {r["status"] for r in rows.values()} == {"final"} and rows["body"]["dice"] == 1.0
+    assert rows["body"]["author"] == "Dr^Reader" and rows["body"]["model"] == "ct-tissue"
+    assert "fat" not in rows  # erased: the reader's SEG has no fat segment

@@ -148,21 +148,36 @@ class PhantomOrgansModel:
 
     def predict_array(self, array: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         import torch
-        from monai.inferers import SlidingWindowInferer
 
-        device = next(self.network.parameters()).device
-        x = to_input(array, spacing, self.config)[None].to(device)
-        # Pad the grid to a multiple of the network's total stride so every window fits it.
-        stride = 2 ** (len(self.config.channels) - 1)
-        roi = tuple(min(r, math.ceil(n / stride) * stride) for r, n in zip(self.config.roi, x.shape[2:],
-                                                                              strict=True))
-        inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=self.config.overlap,
-                                       mode="gaussian", padding_mode="replicate")
         with torch.inference_mode():
-            logits = inferer(x, self.network)[0].float().cpu()
+            logits = self._logits(to_input(array, spacing, self.config))
             if tuple(logits.shape[1:]) == tuple(array.shape):
                 return logits.argmax(0).to(torch.uint8).numpy()
             return upsampled_argmax(logits, array.shape)
+
+    def logits_at_grid(self, volume: Volume, flip: Sequence[int] = ()) -> torch.Tensor:
+        """(labels, *grid) logits at the working grid, the input flipped along ``flip`` (dims of
+        (channels, k, j, i)) and the output flipped back: test-time augmentation for uncertainty."""
+        import torch
+
+        x = to_input(volume.array, volume.spacing, self.config)
+        with torch.inference_mode():
+            if not flip:
+                return self._logits(x)
+            return self._logits(x.flip(tuple(flip))).flip(tuple(flip))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Sliding-window logits of a (windows, *grid) input, on the CPU as float32."""
+        from monai.inferers import SlidingWindowInferer
+
+        device = next(self.network.parameters()).device
+        # Pad the grid to a multiple of the network's total stride so every window fits it.
+        stride = 2 ** (len(self.config.channels) - 1)
+        roi = tuple(min(r, math.ceil(n / stride) * stride) for r, n in zip(self.config.roi, x.shape[1:],
+                                                                              strict=True))
+        inferer = SlidingWindowInferer(roi_size=roi, sw_batch_size=1, overlap=self.config.overlap,
+                                       mode="gaussian", padding_mode="replicate")
+        return inferer(x[None].to(device), self.network)[0].float().cpu()
 
 
 def upsampled_argmax(logits: torch.Tensor, shape: Sequence[int], slab: int = 8) -> np.ndarray:

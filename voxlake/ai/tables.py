@@ -53,6 +53,14 @@ Several annotators and versions per series are kept; the latest `final` wins for
 | `voxels` | int64 | voxels of the segment on the source grid |
 | `dice` | double | a final's segment against the original's segment of the same label (case-insensitive) on the source grid, 2 × overlap / (sum of both voxel counts), 1.0 when both are empty; null for originals and for labels the original lacks |
 | `indexed_at`, `created_at` | timestamp UTC | when the SEG was indexed into `instances`; when the row was written |
+
+**`al_served`** — one row per answer of :func:`voxlake.ai.active.next_case`: `SeriesInstanceUID`,
+`StudyInstanceUID`, `strategy`, `score` (uncertainty only), `model`, `model_version`, `time` (UTC).
+The `random` strategy weighs candidates by how long ago they were served.
+
+**`al_scores`** — the `uncertainty` score of a series under a model version (mean flip entropy,
+nats), computed once: `SeriesInstanceUID`, `model`, `model_version`, `score` (NaN when the series
+could not be scored), `error` (why), `time`.
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["LABELS", "MESHES", "SEGMENT_ERRORS", "SEGMENT_STATS", "TABLES", "append"]
+__all__ = ["AL_SCORES", "AL_SERVED", "LABELS", "MESHES", "SEGMENT_ERRORS", "SEGMENT_STATS", "TABLES", "append"]
 
 _TS = pa.timestamp("us", tz="UTC")
 _IDS = [
@@ -100,9 +108,20 @@ LABELS = pa.schema([
     ("indexed_at", _TS), ("created_at", _TS),
 ])
 
+AL_SERVED = pa.schema([
+    ("SeriesInstanceUID", pa.string()), ("StudyInstanceUID", pa.string()), ("strategy", pa.string()),
+    ("score", pa.float64()), ("model", pa.string()), ("model_version", pa.string()), ("time", _TS),
+])
+
+AL_SCORES = pa.schema([
+    ("SeriesInstanceUID", pa.string()), ("model", pa.string()), ("model_version", pa.string()),
+    ("score", pa.float64()), ("error", pa.string()), ("time", _TS),
+])
+
 #: Table name → schema, for :mod:`voxlake.lake.sql` to expose (empty when the table is absent).
 TABLES: dict[str, pa.Schema] = {
     "segment_stats": SEGMENT_STATS, "meshes": MESHES, "segment_errors": SEGMENT_ERRORS, "labels": LABELS,
+    "al_served": AL_SERVED, "al_scores": AL_SCORES,
 }
 
 

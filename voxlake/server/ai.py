@@ -7,11 +7,14 @@
 * ``POST /ai/jobs`` with ``{"model": "...", "series": [...]}`` (or ``"studies": [...]``: their CT
   series): 202 and the job, ``Location: /ai/jobs/{id}``.
 * ``GET /ai/jobs/{id}``: status, progress and per-series results with RetrieveURLs.
+* ``GET /ai/activelearning/next?strategy=first|random|uncertainty[&model=...][&modality=CT]``: the
+  series to label next (:mod:`voxlake.ai.active`) and ``viewer_url``, OHIF's segmentation mode on it.
 
 The registry opens on the first AI request (MLflow's start-up stays off the server's), models load
 on first use and unload when idle (:class:`voxlake.ai.service.ModelPool`); jobs survive a restart
 (:class:`voxlake.ai.service.Jobs`). After each SEG commit the catalog is refreshed, so QIDO-RS and
-OHIF see it at once.
+OHIF see it at once. A SEG stored through STOW-RS (a correction saved in OHIF) becomes rows of the
+``labels`` table in the background (:meth:`AIService.sync_labels_soon`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
@@ -36,6 +39,9 @@ class AIService:
         self._lock = threading.Lock()
         self._pool: Any = None
         self._jobs: Any = None
+        self._labels_pending = False
+        self._labels_thread: threading.Thread | None = None
+        self.labels_synced = threading.Event()  # set after each background sync (tests wait on it)
 
     @property
     def pool(self) -> Any:
@@ -63,6 +69,37 @@ class AIService:
         """Re-queue the jobs a previous run left unfinished (at start-up, when there are any)."""
         if any(jobs_folder(self.state.lake.uri).glob("*.json")):
             threading.Thread(target=lambda: self.jobs, name="voxlake-ai-resume", daemon=True).start()
+
+    def sync_labels_soon(self) -> None:
+        """Turn newly stored SEGs into ``labels`` rows (:func:`voxlake.ai.labels.sync_labels`) in the
+        background: a sync takes seconds per SEG, longer than a STOW-RS client should wait. One sync
+        at a time; SEGs stored during a sync are taken by one more."""
+        with self._lock:
+            self._labels_pending = True
+            if self._labels_thread is not None and self._labels_thread.is_alive():
+                return
+            self._labels_thread = threading.Thread(target=self._sync_labels, name="voxlake-labels", daemon=True)
+            self._labels_thread.start()
+
+    def _sync_labels(self) -> None:
+        import logging
+
+        from voxlake.ai.labels import sync_labels
+
+        log = logging.getLogger("voxlake.server")
+        while True:
+            with self._lock:
+                if not self._labels_pending:
+                    self._labels_thread = None
+                    return
+                self._labels_pending = False
+            try:
+                result = sync_labels(self.state.lake)
+                for error in result.errors:
+                    log.warning("labels: %s", error["reason"])
+            except Exception as exc:  # logged; the next stored SEG tries again
+                log.warning("labels: sync failed: %s: %s", type(exc).__name__, exc)
+            self.labels_synced.set()
 
     def close(self) -> None:
         if self._jobs is not None:
@@ -186,5 +223,34 @@ def router() -> Any:
         out = job.to_dict()
         out["results"] = [_seg_link(request, ai.state, r) for r in job.results]
         return out
+
+    @r.get("/activelearning/next")
+    def next_case(request: Request, strategy: str = "random", model: str | None = None,
+                  modality: str = "CT") -> Any:
+        """The series to label next (:func:`voxlake.ai.active.next_case`) and the OHIF URL that
+        opens it in segmentation mode."""
+        import re
+
+        from voxlake.ai.active import NoCandidateError
+        from voxlake.ai.active import next_case as choose
+
+        if not re.fullmatch(r"[A-Z]{1,16}", modality):
+            raise bad_request(f"modality must be a DICOM modality such as CT; got {modality!r}")
+        ai = service(request)
+        try:
+            where = f"Modality = '{modality}'"
+            if strategy == "uncertainty" and model:
+                the_model = ai.pool.get(model)
+                with ai.pool.busy:  # scoring runs the model: not beside a job's
+                    case = choose(ai.state.lake, strategy, where=where, model=the_model)
+            else:
+                case = choose(ai.state.lake, strategy, where=where)
+        except NoCandidateError as exc:
+            raise not_found(str(exc)) from exc
+        except Exception as exc:
+            raise _model_error(exc) from exc
+        viewer = (f"/segmentation?StudyInstanceUIDs={case.StudyInstanceUID}"
+                  f"&initialSeriesInstanceUID={case.SeriesInstanceUID}")
+        return case.to_dict() | {"viewer_url": str(request.base_url).rstrip("/") + viewer}
 
     return r

@@ -96,12 +96,18 @@ async def _stow(request: Request, study: str | None) -> Response:
             return _error(501, str(exc))
     if result.stored:
         await run_in_threadpool(_refresh, request.app.state)
+        ai = getattr(request.app.state, "ai", None)
+        if ai is not None and any(i.sop_class_uid == SEGMENTATION_STORAGE for i in result.stored):
+            ai.sync_labels_soon()  # a correction saved in the viewer becomes a label
     return Response(
         json.dumps(result.to_dicom_json(_dicomweb_root(request, study))),
         status_code=result.http_status(),
         media_type=DICOM_JSON,
     )
 
+
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 # -- app state ------------------------------------------------------------------------------
 # The app keeps a ServerState on ``app.state.server`` (lake, settings, a throttled catalog refresh);
