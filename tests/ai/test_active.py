@@ -118,3 +118,17 @@ def test_an_unknown_strategy_and_a_fully_labelled_lake_are_clear_errors(lake):
         _final_label(lake, series)
     with pytest.raises(NoCandidateError, match="no series left to label"):
         next_case(lake, "random")
+
+
+def test_the_cli_names_the_next_case_and_syncs_labels(lake, capsys):
+    import json
+
+    from voxlake.cli.main import main
+
+    series = _series(lake)
+    assert main(["labels", "next", "--lake", lake.uri, "--strategy", "first", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["SeriesInstanceUID"] == series[0]
+    assert main(["labels", "sync", "--lake", lake.uri]) == 0
+    assert "0 SEGs synced" in capsys.readouterr().out
+    assert main(["labels", "next", "--lake", lake.uri, "--modality", "CT'"]) == 1
+    assert "--modality must be a DICOM modality" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""``voxlake models``, ``voxlake train`` and ``voxlake segment``: thin layers over :mod:`voxlake.ai`."""
+"""``voxlake models``, ``voxlake train``, ``voxlake segment`` and ``voxlake labels``: thin layers over
+:mod:`voxlake.ai`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-COMMANDS = ("models", "train", "segment")
+COMMANDS = ("models", "train", "segment", "labels")
 
 
 def add_parser(sub: Any) -> None:
@@ -65,10 +66,73 @@ def add_parser(sub: Any) -> None:
                    help="print the summary as one JSON object (--auto: one object per series, one per line)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _add_labels(sub, registry_help)
+
+
+def _add_labels(sub: Any, registry_help: str) -> None:
+    lab = sub.add_parser("labels", help="labels from corrected SEGs, and which series to label next")
+    lsub = lab.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
+    sync = lsub.add_parser("sync", help="turn the lake's new SEGs into rows of the labels table "
+                           "(original: the model's; final: a reader's correction, with Dice per label)")
+    nxt = lsub.add_parser("next", help="the series to label next: first, random or uncertainty")
+    nxt.add_argument("--strategy", choices=["first", "random", "uncertainty"], default="random",
+                     help="first (oldest unlabelled), random (away from recently served; default) or "
+                     "uncertainty (the model's flip-averaged entropy; needs --model)")
+    nxt.add_argument("--model", default=None, help="for uncertainty: NAME, NAME@ALIAS or NAME:VERSION")
+    nxt.add_argument("--modality", default="CT", help="candidates' Modality (default CT)")
+    nxt.add_argument("--registry", default=None, help=registry_help)
+    for p in (sync, nxt):
+        p.add_argument("--lake", required=True, help="lake folder or URL")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _labels(args: argparse.Namespace) -> int:
+    import re
+
+    import voxlake
+    from voxlake.cli.output import print_json
+    from voxlake.errors import InvalidArgumentError
+
+    lake = voxlake.open(args.lake)
+    lake.versions()  # a missing lake is one clear error
+    if args.labels_command == "sync":
+        from voxlake.ai.labels import sync_labels
+
+        result = sync_labels(lake)
+        for error in result.errors:
+            print(f"voxlake: {error['reason']}", file=sys.stderr)
+        if args.json:
+            print_json(result.summary())
+        else:
+            print(f"{len(result.synced)} SEGs synced into labels ({len(result.rows)} rows), "
+                  f"{len(result.errors)} could not be read")
+        return 1 if result.errors else 0
+    from voxlake.ai.active import next_case
+
+    if not re.fullmatch(r"[A-Z]{1,16}", args.modality):
+        raise InvalidArgumentError(f"--modality must be a DICOM modality such as CT; got {args.modality!r}")
+    registry = None
+    if args.model is not None:
+        from voxlake.ai.registry import Registry
+
+        registry = Registry(args.registry)
+    case = next_case(lake, args.strategy, where=f"Modality = '{args.modality}'", model=args.model,
+                     registry=registry)
+    if args.json:
+        print_json(case.to_dict())
+    else:
+        score = f" (uncertainty {case.score:.4f} by {case.model}:{case.model_version})" if case.score is not None else ""
+        print(f"label next: series {case.SeriesInstanceUID} of study {case.StudyInstanceUID}, "
+              f"{case.strategy} among {case.candidates}{score}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from voxlake.ai.registry import Registry
+
+    if args.command == "labels":
+        return _labels(args)
 
     if args.command == "segment":
         import voxlake

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from voxlake.cli import serve
 
             return serve.run(args)
-        if args.command in ("models", "train", "segment"):
+        if args.command in ("models", "train", "segment", "labels"):
             from voxlake.cli import ai
 
             return ai.run(args)
