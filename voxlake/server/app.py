@@ -121,6 +121,9 @@ def create_app(
 
         app.state.ai = ai_routes.AIService(state, registry, model_idle_seconds)
         app.include_router(ai_routes.router())
+        from voxlake.server import monailabel as monailabel_routes
+
+        app.include_router(monailabel_routes.router())  # MONAI Label's REST API (docs/monailabel.md)
         app.router.on_shutdown.append(app.state.ai.close)  # the job in progress finishes its series
         app.state.ai.resume()
     if viewer:
@@ -130,7 +133,7 @@ def create_app(
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "PUT"],
                            allow_headers=["*"], expose_headers=_EXPOSED)
     return app
 
