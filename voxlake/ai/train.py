@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from voxlake.ai.registry import Registry
     from voxlake.ai.volume import Volume
 
-__all__ = ["PhantomCaseData", "dice_per_label", "load_phantom_case", "train_phantom_organs"]
+__all__ = ["FitResult", "PhantomCaseData", "dice_per_label", "fit_network", "load_phantom_case", "prepare_case",
+           "train_phantom_organs"]
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,8 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
     default CUDA when present, else the CPU (the saved weights load on either).
     """
     import torch
-    from monai.losses import DiceCELoss
 
-    from voxlake.ai.network import NetworkConfig, PhantomOrgansModel, build_network, resample_labels, to_input
+    from voxlake.ai.network import NetworkConfig, PhantomOrgansModel, build_network
     from voxlake.synth.phantom import ORGANS
 
     say = progress or (lambda _msg: None)
@@ -132,46 +132,23 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
     data = []
     for d in train_dirs:
         case = load_phantom_case(d)
-        x = to_input(case.volume.array, case.volume.spacing, config)
-        y = resample_labels(case.labels, x.shape[1:])
-        data.append((x, torch.from_numpy(y.astype(np.int64))))
+        data.append(prepare_case(case.volume.array, case.volume.spacing, case.labels, config))
     say(f"prepared {len(data)} training cases in {time.perf_counter() - t0:.1f} s")
 
     client = registry.client
     run_id = registry.start_run(f"train {name}")
     try:
         client.log_batch(run_id, params=[_param(k, v) for k, v in params.items()])
-        with _deterministic(seed):
-            network = build_network(config).to(device)
-            optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate)
-            steps = epochs * -(-len(data) * patches_per_case // batch_size)
-            # cosine decay to 2% of the rate: the last epochs refine instead of jumping about
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps,
-                                                                  eta_min=0.02 * learning_rate)
-            loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-            rng = np.random.default_rng(seed)
-            epoch_seconds = []
-            loss_value = float("nan")
-            for epoch in range(epochs):
-                e0 = time.perf_counter()
-                network.train()
-                losses = []
-                order = [i for i in range(len(data)) for _ in range(patches_per_case)]
-                rng.shuffle(order)
-                for b in range(0, len(order), batch_size):
-                    xs, ys = zip(*(_patch(*data[i], patch, rng) for i in order[b:b + batch_size]), strict=True)
-                    optimiser.zero_grad()
-                    x, y = torch.stack(xs).to(device), torch.stack(ys)[:, None].to(device)
-                    loss = loss_fn(network(x), y)
-                    loss.backward()
-                    optimiser.step()
-                    schedule.step()
-                    losses.append(loss.item())
-                loss_value = float(np.mean(losses))
-                epoch_seconds.append(time.perf_counter() - e0)
-                client.log_metric(run_id, "loss", loss_value, step=epoch)
-                client.log_metric(run_id, "epoch_seconds", epoch_seconds[-1], step=epoch)
-                say(f"epoch {epoch + 1}/{epochs}: loss {loss_value:.4f} ({epoch_seconds[-1]:.1f} s)")
+
+        def on_epoch(epoch: int, loss: float, seconds: float) -> None:
+            client.log_metric(run_id, "loss", loss, step=epoch)
+            client.log_metric(run_id, "epoch_seconds", seconds, step=epoch)
+            say(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} ({seconds:.1f} s)")
+
+        fitted = fit_network(lambda: build_network(config), data, epochs=epochs, seed=seed, patch=patch,
+                             batch_size=batch_size, patches_per_case=patches_per_case,
+                             learning_rate=learning_rate, device=device, on_epoch=on_epoch)
+        network, epoch_seconds, loss_value = fitted.network, fitted.epoch_seconds, fitted.final_loss
         train_seconds = time.perf_counter() - t0
         model = PhantomOrgansModel(network, config, name=name, version="unregistered")
         metrics = _evaluate(model, test_dirs, config.labels, say)
@@ -193,6 +170,77 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
     if "champion" not in (client.get_registered_model(name).aliases or {}):
         registry.set_alias(name, "champion", version)
     return version, metrics
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_network` trained: the network (on its device, in train mode), the mean loss of
+    each epoch and the seconds each took."""
+
+    network: Any
+    losses: list[float]
+    epoch_seconds: list[float]
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else float("nan")
+
+
+def prepare_case(array: np.ndarray, spacing: Sequence[float], labels: np.ndarray, config: Any) -> tuple[Any, Any]:
+    """One training case at the network's working grid: the input (windows, *grid) and the label map
+    resampled onto that grid by nearest voxel (int64), as the patch sampler takes them."""
+    import torch
+
+    from voxlake.ai.network import resample_labels, to_input
+
+    x = to_input(array, spacing, config)
+    y = resample_labels(labels, x.shape[1:])
+    return x, torch.from_numpy(y.astype(np.int64))
+
+
+def fit_network(build: Callable[[], Any], data: Sequence[tuple[Any, Any]], *, epochs: int, seed: int, patch: int,
+                batch_size: int, patches_per_case: int, learning_rate: float, device: str,
+                on_epoch: Callable[[int, float, float], None] | None = None) -> FitResult:
+    """The recipe's training loop, shared by training from scratch and fine-tuning: in deterministic
+    torch seeded with ``seed``, ``build()`` makes the network (a new one, or one with a champion's
+    weights), then each epoch draws ``patches_per_case`` patches per case of ``data`` (two in three
+    centred on a label), Adam on Dice + cross entropy with the rate decayed along a cosine to 2% by the
+    last step. ``on_epoch(epoch, mean loss, seconds)`` after each epoch. ``epochs`` 0 returns the
+    network as built."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    losses: list[float] = []
+    epoch_seconds: list[float] = []
+    with _deterministic(seed):
+        network = build().to(device)
+        optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate)
+        steps = epochs * -(-len(data) * patches_per_case // batch_size)
+        # cosine decay to 2% of the rate: the last epochs refine instead of jumping about
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps),
+                                                              eta_min=0.02 * learning_rate)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        rng = np.random.default_rng(seed)
+        for epoch in range(epochs):
+            e0 = time.perf_counter()
+            network.train()
+            batch_losses = []
+            order = [i for i in range(len(data)) for _ in range(patches_per_case)]
+            rng.shuffle(order)
+            for b in range(0, len(order), batch_size):
+                xs, ys = zip(*(_patch(*data[i], patch, rng) for i in order[b:b + batch_size]), strict=True)
+                optimiser.zero_grad()
+                x, y = torch.stack(xs).to(device), torch.stack(ys)[:, None].to(device)
+                loss = loss_fn(network(x), y)
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                batch_losses.append(loss.item())
+            losses.append(float(np.mean(batch_losses)))
+            epoch_seconds.append(time.perf_counter() - e0)
+            if on_epoch is not None:
+                on_epoch(epoch, losses[-1], epoch_seconds[-1])
+    return FitResult(network, losses, epoch_seconds)
 
 
 def _param(key: str, value: Any) -> Any:

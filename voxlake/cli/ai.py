@@ -27,13 +27,25 @@ def add_parser(sub: Any) -> None:
     imp.add_argument("--json", action="store_true", help="print one JSON object")
     imp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    t = sub.add_parser("train", help="train phantom-organs on synthetic phantoms and register the version")
-    t.add_argument("--phantoms", required=True, help="folder written by 'voxlake synth phantoms'")
-    t.add_argument("--name", default="phantom-organs", help="model name (default phantom-organs)")
-    t.add_argument("--epochs", type=int, default=40, help="epochs (default 40)")
-    t.add_argument("--seed", type=int, default=0, help="seed: the same seed and phantoms give the same model")
+    t = sub.add_parser("train", help="train phantom-organs on phantoms, or fine-tune a model on the lake's corrections",
+                       description="--phantoms DIR trains phantom-organs on synthetic phantoms and registers the "
+                       "version. --from-labels fine-tunes the champion of --model on the final labels of --lake "
+                       "(readers' corrections), scores it on a fixed held-out set of phantom cases (--heldout, "
+                       "needed the first time and fixed from then on), registers it as challenger and promotes "
+                       "it to champion only when its held-out Dice is higher.")
+    source = t.add_mutually_exclusive_group(required=True)
+    source.add_argument("--phantoms", help="folder written by 'voxlake synth phantoms'")
+    source.add_argument("--from-labels", action="store_true",
+                        help="fine-tune --model's champion on the final labels of --lake")
+    t.add_argument("--name", default=None, help="--phantoms: model name (default phantom-organs)")
+    t.add_argument("--lake", default=None, help="--from-labels: lake folder or URL")
+    t.add_argument("--model", default=None, help="--from-labels: the model whose champion is fine-tuned")
+    t.add_argument("--heldout", default=None, metavar="DIR",
+                   help="--from-labels: phantom cases the challenger is scored on (the first time; then fixed)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default 40; --from-labels 20)")
+    t.add_argument("--seed", type=int, default=0, help="seed: the same seed and data give the same model")
     t.add_argument("--registry", default=None, help=registry_help)
-    t.add_argument("--json", action="store_true", help="print the version and metrics as one JSON object")
+    t.add_argument("--json", action="store_true", help="print the result as one JSON object")
     t.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     s = sub.add_parser("segment", help="segment series of a lake: DICOM SEG, segment_stats and meshes written back",
@@ -154,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgumentError("--spark-master goes with --engine spark")
         lake.versions()  # a missing lake is one clear error, before any model or registry opens
         return _segment(args, lake, Registry(args.registry))
+    if args.command == "train":
+        _check_train(args)
     registry = Registry(args.registry)
     if args.command == "models":
         return _models(args, registry)
@@ -194,20 +208,59 @@ def _row(r: Any) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace, registry: Any) -> int:
-    from voxlake.ai.train import train_phantom_organs
     from voxlake.cli.output import print_json
 
     def say(message: str) -> None:
         if not args.json:
             print(message, file=sys.stderr, flush=True)
 
-    version, metrics = train_phantom_organs(args.phantoms, registry=registry, name=args.name, epochs=args.epochs,
+    if args.from_labels:
+        return _finetune(args, registry, say)
+    from voxlake.ai.train import train_phantom_organs
+
+    name = args.name or "phantom-organs"
+    version, metrics = train_phantom_organs(args.phantoms, registry=registry, name=name,
+                                            epochs=40 if args.epochs is None else args.epochs,
                                             seed=args.seed, progress=say)
     if args.json:
-        print_json({"name": args.name, "version": version, "metrics": metrics})
+        print_json({"name": name, "version": version, "metrics": metrics})
     else:
-        print(f"registered {args.name}:{version}: mean Dice {metrics.get('mean_dice', float('nan')):.3f} on the "
+        print(f"registered {name}:{version}: mean Dice {metrics.get('mean_dice', float('nan')):.3f} on the "
               f"held-out phantoms")
+    return 0
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    """Options of the other form of ``train`` are one clear error, before the registry opens."""
+    from voxlake.errors import InvalidArgumentError
+
+    if args.from_labels:
+        if args.name is not None:
+            raise InvalidArgumentError("--name goes with --phantoms; --from-labels takes --model NAME")
+        missing = [flag for flag, value in (("--lake", args.lake), ("--model", args.model)) if not value]
+        if missing:
+            raise InvalidArgumentError(f"--from-labels needs {' and '.join(missing)} "
+                                       "(voxlake train --from-labels --lake LAKE --model NAME)")
+        return
+    given = [flag for flag, value in (("--lake", args.lake), ("--model", args.model), ("--heldout", args.heldout))
+             if value is not None]
+    if given:
+        raise InvalidArgumentError(f"{', '.join(given)} go with --from-labels, not --phantoms")
+
+
+def _finetune(args: argparse.Namespace, registry: Any, say: Any) -> int:
+    import voxlake
+    from voxlake.ai.finetune import finetune_from_labels
+    from voxlake.cli.output import print_json
+
+    lake = voxlake.open(args.lake)
+    lake.versions()  # a missing lake is one clear error
+    result = finetune_from_labels(lake, registry, args.model, heldout=args.heldout,
+                                  epochs=20 if args.epochs is None else args.epochs, seed=args.seed, progress=say)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(result.summary())
     return 0
 
 

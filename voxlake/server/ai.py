@@ -7,6 +7,10 @@
 * ``POST /ai/jobs`` with ``{"model": "...", "series": [...]}`` (or ``"studies": [...]``: their CT
   series): 202 and the job, ``Location: /ai/jobs/{id}``.
 * ``GET /ai/jobs/{id}``: status, progress and per-series results with RetrieveURLs.
+* ``POST /ai/train/{model}`` (body optional: ``epochs``, ``heldout``, ...): 202, a fine-tune of the
+  champion on the lake's final labels in the background (:mod:`voxlake.ai.finetune`; one at a time,
+  409 otherwise); ``GET /ai/train/{id}``: running, done (held-out Dice of both, promoted or kept) or
+  failed.
 * ``GET /ai/activelearning/next?strategy=first|random|uncertainty[&model=...][&modality=CT]``: the
   series to label next (:mod:`voxlake.ai.active`) and ``viewer_url``, OHIF's segmentation mode on it.
 
@@ -252,5 +256,55 @@ def router() -> Any:
         viewer = (f"/segmentation?StudyInstanceUIDs={case.StudyInstanceUID}"
                   f"&initialSeriesInstanceUID={case.SeriesInstanceUID}")
         return case.to_dict() | {"viewer_url": str(request.base_url).rstrip("/") + viewer}
+
+    # -- fine-tuning on the lake's final labels (voxlake.ai.finetune) ----------------------------------------
+    # POST /ai/train/{model} (body optional: {"epochs": N, "heldout": DIR, "seed": N, "learning_rate": x}):
+    # 202 and the run's state, the fine-tune in a background thread, one at a time (409 while one runs).
+    # GET /ai/train/{id}: running, done (with the result) or failed (with the error, one line). State in
+    # memory and in <lake>/ai/train/<id>.json (voxlake.ai.finetune.FinetuneJobs).
+    trainers_lock = threading.Lock()
+
+    def trainer(request: Request) -> Any:
+        from voxlake.ai.finetune import FinetuneJobs, train_folder
+
+        ai = service(request)
+        registry = ai.pool.registry
+        with trainers_lock:
+            jobs = getattr(request.app.state, "ai_train", None)
+            if jobs is None:
+                jobs = FinetuneJobs(ai.state.lake, registry, train_folder(ai.state.lake.uri))
+                request.app.state.ai_train = jobs
+            return jobs
+
+    @r.post("/train/{model}", status_code=202)
+    def train(request: Request, model: str, body: dict[str, Any] | None = Body(None)) -> Any:  # noqa: B008
+        from voxlake.ai.finetune import FinetuneBusyError
+
+        body = body or {}
+        options: dict[str, Any] = {}
+        for key, kinds in (("epochs", (int,)), ("seed", (int,)), ("learning_rate", (int, float)),
+                           ("heldout", (str,))):
+            value = body.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise bad_request(f"{key} must be {'a folder path' if key == 'heldout' else 'a number'}; "
+                                  f"got {value!r}")
+            options[key] = value
+        try:
+            state = trainer(request).submit(model, **options)
+        except FinetuneBusyError as exc:
+            raise DicomWebError(409, str(exc)) from exc
+        except Exception as exc:
+            raise _model_error(exc) from exc
+        location = str(request.url_for("train_status", train_id=state["id"]))
+        return JSONResponse(state | {"url": location}, status_code=202, headers={"Location": location})
+
+    @r.get("/train/{train_id}", name="train_status")
+    def train_status(request: Request, train_id: str) -> Any:
+        try:
+            return trainer(request).get(train_id)
+        except LookupError as exc:
+            raise not_found(str(exc)) from exc
 
     return r
