@@ -135,9 +135,16 @@ def _seg_link(request: Any, state: Any, result: dict[str, Any]) -> dict[str, Any
                              "RetrieveURL": base + urls.instance_path(row[0], row[1], sop)}}
 
 
-def _model_error(exc: Exception) -> DicomWebError:
+def model_error(exc: Exception) -> DicomWebError:
+    """The HTTP error for a model's failure: 404 unknown model, 503 missing extra, 400 bad request,
+    422 anything else the model raised (one line)."""
+    from voxlake.ai.seg import EmptySegmentationError
     from voxlake.errors import InvalidArgumentError, MissingExtraError
 
+    if isinstance(exc, DicomWebError):
+        return exc
+    if isinstance(exc, EmptySegmentationError):
+        return DicomWebError(422, str(exc).strip())
     if isinstance(exc, LookupError):  # ModelNotFoundError
         return not_found(str(exc))
     if isinstance(exc, MissingExtraError):
@@ -183,7 +190,7 @@ def router() -> Any:
                 outcome = segment_series(ai.state.lake, series, the_model, nifti=bool(body.get("nifti")),
                                          meshes=bool(body.get("meshes", True)))
         except Exception as exc:
-            raise _model_error(exc) from exc
+            raise model_error(exc) from exc
         result = {"SeriesInstanceUID": series, "model": the_model.name, "model_version": str(the_model.version),
                   "SEG": outcome.SEG, "volumes_ml": outcome.volumes_ml,
                   "seconds": {k: round(v, 3) for k, v in outcome.timings.items()}}
@@ -211,7 +218,7 @@ def router() -> Any:
         try:
             job = ai.jobs.submit(model, series)
         except Exception as exc:
-            raise _model_error(exc) from exc
+            raise model_error(exc) from exc
         location = str(request.url_for("job_status", job_id=job.id))
         return JSONResponse(job.to_dict() | {"url": location}, status_code=202, headers={"Location": location})
 
@@ -252,7 +259,7 @@ def router() -> Any:
         except NoCandidateError as exc:
             raise not_found(str(exc)) from exc
         except Exception as exc:
-            raise _model_error(exc) from exc
+            raise model_error(exc) from exc
         viewer = (f"/segmentation?StudyInstanceUIDs={case.StudyInstanceUID}"
                   f"&initialSeriesInstanceUID={case.SeriesInstanceUID}")
         return case.to_dict() | {"viewer_url": str(request.base_url).rstrip("/") + viewer}
@@ -296,7 +303,7 @@ def router() -> Any:
         except FinetuneBusyError as exc:
             raise DicomWebError(409, str(exc)) from exc
         except Exception as exc:
-            raise _model_error(exc) from exc
+            raise model_error(exc) from exc
         location = str(request.url_for("train_status", train_id=state["id"]))
         return JSONResponse(state | {"url": location}, status_code=202, headers={"Location": location})
 

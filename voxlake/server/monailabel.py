@@ -43,6 +43,7 @@ import uuid
 from typing import Any
 
 from voxlake.server import urls
+from voxlake.server.ai import model_error
 from voxlake.server.errors import DicomWebError, bad_request, not_found
 
 #: Modalities of series that are not images (a label, a report, a presentation state...).
@@ -117,24 +118,6 @@ def _json(text: str, what: str) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise bad_request(f"{what} is not JSON: {exc}") from exc
-
-
-def model_error(exc: Exception) -> DicomWebError:
-    from voxlake.ai.seg import EmptySegmentationError
-    from voxlake.errors import InvalidArgumentError, MissingExtraError
-
-    if isinstance(exc, DicomWebError):
-        return exc
-    if isinstance(exc, LookupError):  # ModelNotFoundError
-        return not_found(str(exc))
-    if isinstance(exc, MissingExtraError):
-        return DicomWebError(503, str(exc))
-    if isinstance(exc, InvalidArgumentError):
-        return bad_request(str(exc))
-    text = str(exc).strip()
-    if isinstance(exc, EmptySegmentationError):
-        return DicomWebError(422, text)
-    return DicomWebError(422, f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}")
 
 
 # -- the lake as a MONAI Label datastore ----------------------------------------------------------------------
