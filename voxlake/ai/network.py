@@ -180,28 +180,55 @@ class PhantomOrgansModel:
         return inferer(x[None].to(device), self.network)[0].float().cpu()
 
 
-def upsampled_argmax(logits: torch.Tensor, shape: Sequence[int], slab: int = 8) -> np.ndarray:
+def upsampled_argmax(logits: torch.Tensor, shape: Sequence[int], slab: int = 16) -> np.ndarray:
     """The label map at ``shape`` from (labels, *grid) logits over the same extent: the logits are
-    interpolated trilinearly (voxel centres, as ``align_corners=False``), then the argmax taken, a slab
-    of ``slab`` output slices at a time (13 labels over a 512x512 CT would be 1.8 GB at once).
+    interpolated linearly (voxel centres, as ``align_corners=False``), then the argmax taken.
     Boundaries land between coarse voxels instead of on their edges: held-out Dice of the small
-    organs rose by 0.01-0.04 against the argmax resampled by nearest voxel."""
+    organs rose by 0.01-0.04 against the argmax resampled by nearest voxel.
+
+    Done ``slab`` output slices at a time (13 labels over a 512x512 CT would be 1.8 GB at once):
+    the coarse slices are blended along k first (small), then taken to full size in-plane,
+    channels last, where the argmax is a contiguous reduction (the argmax over a leading channel
+    axis was 8x slower). Only the labels that rank first or second somewhere in the slab's coarse
+    block take part (a label neither first nor second at any corner cannot win between them in
+    practice: on a 300x512x512 phantom the result equalled the full computation voxel for voxel)."""
     import torch
     import torch.nn.functional as F
 
     n_k = int(shape[0])
     coarse_k = logits.shape[1]
     z = np.clip((np.arange(n_k) + 0.5) * coarse_k / n_k - 0.5, 0, coarse_k - 1)
-    out = np.empty(tuple(shape), np.uint8)
+    n_labels, coarse_j, coarse_i = logits.shape[0], logits.shape[2], logits.shape[3]
+    ranked = logits.topk(min(2, n_labels), dim=0).indices
+    # Far from every coarse voxel where a label beats background, the answer is background: the
+    # argmax is taken in the box of those voxels (the body) grown by two coarse voxels.
+    busy = (ranked[0] != 0).any(0)
+    rows, columns = torch.nonzero(busy.any(1)).flatten(), torch.nonzero(busy.any(0)).flatten()
+    out = np.zeros(tuple(shape), np.uint8)
+    if rows.numel() == 0:
+        return out
+    r0, r1 = max(0, int(rows[0]) - 2), min(coarse_j, int(rows[-1]) + 3)
+    c0, c1 = max(0, int(columns[0]) - 2), min(coarse_i, int(columns[-1]) + 3)
+    # the output rows and columns over that box (interpolated in full, the argmax taken in the box)
+    sj, si = int(shape[1]) / coarse_j, int(shape[2]) / coarse_i
+    j0, j1 = max(0, math.floor(r0 * sj)), min(int(shape[1]), math.ceil(r1 * sj))
+    i0, i1 = max(0, math.floor(c0 * si)), min(int(shape[2]), math.ceil(c1 * si))
     for k0 in range(0, n_k, slab):
         k1 = min(n_k, k0 + slab)
         lo, hi = int(np.floor(z[k0])), min(coarse_k - 1, int(np.floor(z[k1 - 1])) + 1)
-        plane = F.interpolate(logits[None, :, lo:hi + 1], size=(hi - lo + 1, int(shape[1]), int(shape[2])),
-                              mode="trilinear", align_corners=False)[0]
+        present = torch.bincount(ranked[:, lo:hi + 1].flatten(), minlength=n_labels) > 0
+        channels = torch.nonzero(present).flatten()
+        if channels.numel() == 1:
+            out[k0:k1] = int(channels[0])
+            continue
         zz = z[k0:k1] - lo
         z0 = np.floor(zz).astype(np.int64)
         z1 = np.minimum(z0 + 1, hi - lo)
         w = torch.from_numpy((zz - z0).astype(np.float32))[None, :, None, None]
-        out[k0:k1] = (plane[:, z0] * (1 - w) + plane[:, z1] * w).argmax(0).to(torch.uint8).numpy()
+        block = logits[channels, lo:hi + 1]
+        blended = (block[:, z0] * (1 - w) + block[:, z1] * w).transpose(0, 1)  # (slices, labels, j, i)
+        full = F.interpolate(blended.contiguous(memory_format=torch.channels_last),
+                             size=(int(shape[1]), int(shape[2])), mode="bilinear", align_corners=False)
+        box = full.permute(0, 2, 3, 1)[:, j0:j1, i0:i1]
+        out[k0:k1, j0:j1, i0:i1] = channels[box.argmax(-1)].to(torch.uint8).numpy()
     return out
-
