@@ -68,6 +68,7 @@ bench: install java dicom-tools deid-tools viewer
 	$(PY) bench/viewer_bench.py
 	$(PY) bench/deid_bench.py
 	$(PY) bench/ai_bench.py
+	$(PY) bench/al_bench.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_LAKE) demo-data bench/.work .cache

@@ -97,7 +97,7 @@ async def _stow(request: Request, study: str | None) -> Response:
     if result.stored:
         await run_in_threadpool(_refresh, request.app.state)
         ai = getattr(request.app.state, "ai", None)
-        if ai is not None and any(i.sop_class_uid == SEGMENTATION_STORAGE for i in result.stored):
+        if ai is not None and any(i.sop_class_uid in SEGMENTATION_STORAGE for i in result.stored):
             ai.sync_labels_soon()  # a correction saved in the viewer becomes a label
     return Response(
         json.dumps(result.to_dicom_json(_dicomweb_root(request, study))),
@@ -107,7 +107,8 @@ async def _stow(request: Request, study: str | None) -> Response:
 
 
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+#: Segmentation Storage and Label Map Segmentation Storage (OHIF 3.13's default when it saves)
+SEGMENTATION_STORAGE = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 
 # -- app state ------------------------------------------------------------------------------
 # The app keeps a ServerState on ``app.state.server`` (lake, settings, a throttled catalog refresh);
