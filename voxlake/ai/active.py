@@ -156,9 +156,11 @@ def _scores(lake: Lake, model: Any, series: list[str], sample: int, rng: np.rand
 
 def _recency_weights(lake: Lake, series: list[str], now: float, recent_seconds: float) -> np.ndarray:
     last = dict(_query(lake, "SELECT SeriesInstanceUID, max(epoch(time)) FROM al_served GROUP BY 1"))
-    ages = np.array([now - float(last[s]) if s in last else np.inf for s in series])
-    ages = np.clip(ages, 0.0, None)
-    return np.where(np.isinf(ages), 1.0, ages / (ages + recent_seconds)) + 1e-9
+    ages = np.clip(np.array([now - float(last[s]) if s in last else np.inf for s in series]), 0.0, None)
+    weights = np.ones(len(series))
+    served = np.isfinite(ages)
+    weights[served] = ages[served] / (ages[served] + recent_seconds)
+    return weights + 1e-9
 
 
 def _query(lake: Lake, sql: str) -> list[tuple[Any, ...]]:
