@@ -374,6 +374,16 @@ def screenshot_array(page: Any, path: Path, selector: str | None = None) -> Any:
         return np.asarray(im.convert("RGB"))
 
 
+def wait_for_overlay(page: Any, selector: str, path: Path, attempts: int = 60) -> Any:
+    """Screenshots of ``selector`` until coloured (segment) pixels appear; the last one is kept."""
+    for _ in range(attempts):
+        shot = screenshot_array(page, path, selector)
+        if coloured_fraction(shot) > 0.05:
+            return shot
+        page.wait_for_timeout(500)
+    return shot
+
+
 def is_non_blank(rgb: Any) -> bool:
     """More than a few grey levels, over a real part of the image (not a cursor or one line of text)."""
     grey = rgb.mean(axis=2)

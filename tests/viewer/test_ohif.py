@@ -69,17 +69,7 @@ def test_seg_is_shown_as_a_coloured_overlay_on_its_ct(
     yes = page.get_by_role("button", name="Yes")  # "Do you want to open this Segmentation?"
     yes.click()
     yes.wait_for(state="detached")
-    overlay = _wait_for_overlay(page, artifacts / f"seg-{study}-{mode}-overlay.png")
+    overlay = harness.wait_for_overlay(page, VIEWPORT, artifacts / f"seg-{study}-{mode}-overlay.png")
 
     assert harness.is_non_blank(overlay)
     assert harness.coloured_fraction(overlay) > harness.coloured_fraction(ct_only) + 0.05
-
-
-def _wait_for_overlay(page: Any, path: Path, attempts: int = 60) -> Any:
-    """Screenshots of the viewport until coloured (segment) pixels appear; the last one is kept."""
-    for _ in range(attempts):
-        shot = harness.screenshot_array(page, path, VIEWPORT)
-        if harness.coloured_fraction(shot) > 0.05:
-            return shot
-        page.wait_for_timeout(500)
-    return shot

@@ -139,7 +139,7 @@ def test_a_brush_correction_saved_in_ohif_becomes_a_final_label_of_the_model_ver
     yes.click()
     yes.wait_for(state="detached")
     page.get_by_text(PAINTED, exact=True).first.wait_for()  # the segments listed in the panel
-    before = _wait_for_overlay(page, artifacts / "labels-before-painting.png")
+    before = harness.wait_for_overlay(page, VIEWPORT, artifacts / "labels-before-painting.png")
     assert harness.coloured_fraction(before) > 0.05
 
     # select the segment, the Brush, and paint across the middle of the CT
@@ -199,13 +199,3 @@ def test_a_brush_correction_saved_in_ohif_becomes_a_final_label_of_the_model_ver
     assert [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence] == [world.series]
     print(f"\nOHIF stored {sop} ({seg.get('Manufacturer')}, series {seg.SeriesInstanceUID}); "
           f"STOW: {page.posts}; labels: {[(r['label'], r['dice']) for r in rows]}; {time.monotonic() - start:.1f} s")
-
-
-def _wait_for_overlay(page: Any, path: Path, attempts: int = 60) -> Any:
-    """Screenshots of the viewport until coloured (segment) pixels appear; the last one is kept."""
-    for _ in range(attempts):
-        shot = harness.screenshot_array(page, path, VIEWPORT)
-        if harness.coloured_fraction(shot) > 0.05:
-            return shot
-        page.wait_for_timeout(500)
-    return shot
