@@ -207,6 +207,40 @@ def test_a_seg_without_frame_references_is_placed_by_its_plane_positions(world, 
     assert np.array_equal(by_position[1], first_sync["map"] == 5)  # segment 1 is muscle
 
 
+def test_a_label_map_seg_as_ohif_stores_it_is_decoded_frame_by_frame(world, first_sync):
+    """OHIF 3.13 saves Label Map Segmentation Storage, RLE Lossless, without the FrameContentSequence
+    highdicom needs: each frame is placed on the source slice it names."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.coding import Code
+    from pydicom.uid import RLELossless, generate_uid
+
+    label_map = first_sync["map"]
+    tissue = Code("85756007", "SCT", "Tissue")
+    present = [v for v in sorted(NAMES) if np.any(label_map == v)]
+    seg = hd.seg.Segmentation(
+        source_images=world["volume"].headers, pixel_array=label_map.astype(np.uint8), segmentation_type="LABELMAP",
+        segment_descriptions=[hd.seg.SegmentDescription(
+            segment_number=v, segment_label=NAMES[v], segmented_property_category=tissue,
+            segmented_property_type=tissue, algorithm_type="MANUAL") for v in present],
+        series_instance_uid=generate_uid(), series_number=1001, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer="OHIF", manufacturer_model_name="OHIF Viewer", software_versions="3.13",
+        device_serial_number="0", transfer_syntax_uid=RLELossless)
+    path = world["tmp"] / "ohif-labelmap.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7" and ds.file_meta.TransferSyntaxUID == RLELossless
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        del item.FrameContentSequence
+    with pytest.raises(AttributeError, match="FrameContentSequence"):
+        hd.seg.Segmentation.from_dataset(ds, copy=True)
+
+    masks = decode_masks(ds, world["volume"])
+    assert sorted(masks) == present
+    for value in present:
+        assert np.array_equal(masks[value], label_map == value), NAMES[value]
+
+
 def test_a_model_seg_whose_run_has_not_yet_committed_its_statistics_waits_for_the_next_sync(world, first_sync):
     """``record`` ingests the SEG before it appends ``segment_stats``: between the two, the SEG is
     neither a known original nor a reader's correction, so it is reported and left for later."""

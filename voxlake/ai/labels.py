@@ -366,13 +366,22 @@ def decode_masks(ds: Any, volume: Volume) -> dict[int, np.ndarray]:
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:
-        raise LabelError(f"highdicom cannot read it: {exc}") from exc
-    numbers = [int(n) for n in seg.segment_numbers]
+        # OHIF 3.13's Label Map SEG has no FrameContentSequence, which highdicom needs for its
+        # dimension index; each frame still names its source image and its position.
+        # (a Label Map SEG may describe its background as segment 0: not a label)
+        numbers = [n for item in ds.get("SegmentSequence") or [] if (n := int(item.SegmentNumber)) > 0]
+        if not numbers:
+            raise LabelError(f"highdicom cannot read it ({exc}) and it has no segments") from exc
+        try:
+            return _by_frames(ds, volume, numbers)
+        except LabelError as fallback:
+            raise LabelError(f"highdicom cannot read it ({exc}); frame by frame: {fallback}") from exc
+    numbers = [int(n) for n in seg.segment_numbers if int(n) > 0]
     if not numbers:
         raise LabelError("it has no segments")
     if getattr(seg, "_has_frame_references", False):
         return _by_reference(seg, volume, numbers)
-    return _by_position(ds, volume, numbers)
+    return _by_frames(ds, volume, numbers)
 
 
 def _by_reference(seg: Any, volume: Volume, numbers: list[int]) -> dict[int, np.ndarray]:
@@ -402,10 +411,21 @@ def _by_reference(seg: Any, volume: Volume, numbers: list[int]) -> dict[int, np.
     return out
 
 
-def _by_position(ds: Any, volume: Volume, numbers: list[int]) -> dict[int, np.ndarray]:
-    """By each frame's ImagePositionPatient, for a SEG without frame references."""
+def _by_frames(ds: Any, volume: Volume, numbers: list[int]) -> dict[int, np.ndarray]:
+    """Frame by frame, for a SEG highdicom does not place: on the slice of the source image (and
+    frame) the frame's DerivationImageSequence names, else by its ImagePositionPatient."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+    slices = {(sop, int(frame)): index for index, (sop, frame) in enumerate(volume.sources)}
+
+    def source_slice(item: Any) -> int | None:
+        for derivation in item.get("DerivationImageSequence") or []:
+            for source in derivation.get("SourceImageSequence") or []:
+                frame = source.get("ReferencedFrameNumber")
+                key = (str(source.get("ReferencedSOPInstanceUID", "")), int(frame) if frame else 1)
+                if key in slices:
+                    return slices[key]
+        return None
 
     def find(item: Any, sequence: str, keyword: str) -> Any:
         for group in (item, shared):
@@ -423,19 +443,14 @@ def _by_position(ds: Any, volume: Volume, numbers: list[int]) -> dict[int, np.nd
     pixels = pixels.reshape((-1, *volume.shape[1:]))
     threshold = float(ds.get("MaximumFractionalValue", 1) or 1) / 2 if kind == "FRACTIONAL" else 0.5
     out = {n: np.zeros(volume.shape, bool) for n in numbers}
+    if len(pixels) != len(per_frame):
+        raise LabelError(f"it has {len(pixels)} frames of pixels for {len(per_frame)} Per-Frame Functional Groups")
     for index, item in enumerate(per_frame):
-        orientation = find(item, "PlaneOrientationSequence", "ImageOrientationPatient")
-        position = find(item, "PlanePositionSequence", "ImagePositionPatient")
-        if orientation is None or position is None or len(position) != 3:
-            raise LabelError(f"frame {index + 1} has no frame reference and no plane position")
-        if not np.allclose([float(v) for v in orientation], want, atol=1e-3):
-            raise LabelError(f"frame {index + 1} is not in the orientation of series {volume.SeriesInstanceUID}")
-        k, j, i = (inverse @ np.array([*map(float, position), 1.0]))[:3]
-        slice_index = round(float(k))
-        if (abs(j) > POSITION_TOLERANCE or abs(i) > POSITION_TOLERANCE
-                or abs(k - slice_index) > POSITION_TOLERANCE or not 0 <= slice_index < volume.shape[0]):
-            raise LabelError(f"frame {index + 1} at {list(map(float, position))} mm lies on no slice of series "
-                             f"{volume.SeriesInstanceUID}")
+        slice_index = source_slice(item)
+        if slice_index is None:
+            slice_index = _slice_at(find(item, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                                    find(item, "PlanePositionSequence", "ImagePositionPatient"),
+                                    want, inverse, volume, index)
         frame = pixels[index]
         if kind == "LABELMAP":
             for n in numbers:
@@ -446,6 +461,22 @@ def _by_position(ds: Any, volume: Volume, numbers: list[int]) -> dict[int, np.nd
             raise LabelError(f"frame {index + 1} names no segment of the SEG")
         out[int(number)][slice_index] |= frame >= threshold
     return out
+
+
+def _slice_at(orientation: Any, position: Any, want: np.ndarray, inverse: np.ndarray, volume: Volume,
+              index: int) -> int:
+    """The volume's slice a frame lies on by its plane position (within 5 % of a voxel)."""
+    if orientation is None or position is None or len(position) != 3:
+        raise LabelError(f"frame {index + 1} has no frame reference and no plane position")
+    if not np.allclose([float(v) for v in orientation], want, atol=1e-3):
+        raise LabelError(f"frame {index + 1} is not in the orientation of series {volume.SeriesInstanceUID}")
+    k, j, i = (inverse @ np.array([*map(float, position), 1.0]))[:3]
+    slice_index = round(float(k))
+    if (abs(j) > POSITION_TOLERANCE or abs(i) > POSITION_TOLERANCE
+            or abs(k - slice_index) > POSITION_TOLERANCE or not 0 <= slice_index < volume.shape[0]):
+        raise LabelError(f"frame {index + 1} at {list(map(float, position))} mm lies on no slice of series "
+                         f"{volume.SeriesInstanceUID}")
+    return slice_index
 
 
 # -- lake helpers -----------------------------------------------------------------------------------------

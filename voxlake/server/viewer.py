@@ -114,10 +114,8 @@ def app_config(*, dicomweb_root: str = "/dicomweb", wado_uri_root: str | None = 
                 "dicomUploadEnabled": True,
                 "omitQuotationForMultipartRequest": True,
                 "bulkDataURI": {"enabled": True},
-                # OHIF 3.13 stores a SEG as Label Map Segmentation (66.7), RLE Lossless, by default; voxlake's
-                # labels (voxlake.ai.labels) read binary Segmentation Storage (66.4), whose 1-bit frames
-                # pydicom cannot decode from RLE: so binary, Explicit VR Little Endian.
-                "segmentation": {"store": {"defaultMode": "bitmap", "transferSyntaxUID": "1.2.840.10008.1.2.1"}},
+                # OHIF 3.13 stores a SEG as Label Map Segmentation (66.7), RLE Lossless, by default, which
+                # voxlake.ai.labels reads (frame by frame: it has no FrameContentSequence for highdicom).
             },
         }],
     }
