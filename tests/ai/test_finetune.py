@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to rep
 import torch  # noqa: E402
 
 import voxlake  # noqa: E402
-from voxlake.ai.finetune import HELDOUT_TAG, SCORE_TAG, FinetuneResult, finetune_from_labels  # noqa: E402
+from voxlake.ai.finetune import (  # noqa: E402
+    HELDOUT_TAG,
+    SCORE_TAG,
+    FinetuneBusyError,
+    FinetuneJobs,
+    FinetuneResult,
+    finals_per_model,
+    finetune_from_labels,
+    finetune_running,
+)
 from voxlake.ai.labels import sync_labels  # noqa: E402
 from voxlake.ai.registry import Registry  # noqa: E402
 from voxlake.ai.service import ModelPool  # noqa: E402
@@ -288,3 +299,54 @@ def test_http_trigger_runs_one_fine_tune_at_a_time_and_reports_its_result(world,
         other = http.post(f"/ai/train/{NAME}", json={"heldout": str(world["root"] / "weak")})
         assert other.status_code == 400 and "holds other labels" in other.json()["reason"]
         assert http.get("/ai/train/ffffffffffffffffffffffffffffffff").status_code == 404
+
+
+def test_one_fine_tune_of_a_lake_runs_at_a_time_whoever_starts_it(world, tmp_path: Path) -> None:
+    """A fine-tune holds the lake's lock: another process's (the CLI's) makes this one refuse at once,
+    from the library and from the server's job runner; the lock goes with the process that held it."""
+    lake = world["lake"]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from voxlake.ai.finetune import finetune_lock\n"
+        f"with finetune_lock({lake.uri!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert finetune_running(lake.uri)
+        with pytest.raises(FinetuneBusyError, match="one runs at a time"):
+            finetune_from_labels(lake, world["registry"], NAME, heldout=world["heldout"])
+        with pytest.raises(FinetuneBusyError, match="one runs at a time"):
+            FinetuneJobs(lake, world["registry"], tmp_path).submit(NAME, heldout=str(world["heldout"]))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not finetune_running(lake.uri)
+
+
+def test_train_every_n_final_labels_starts_a_fine_tune_once_n_are_new(world, promoted, tmp_path: Path) -> None:
+    jobs = FinetuneJobs(world["lake"], world["registry"], tmp_path)
+    # the corrections were drawn from scratch (no model run to correct): they count for every model
+    assert finals_per_model(world["lake"]) == {}
+    assert finals_per_model(world["lake"], [NAME]) == {NAME: CORRECTED}
+    assert jobs.train_when_due(CORRECTED + 1) == []  # not yet
+    [state] = jobs.train_when_due(CORRECTED, epochs=0)
+    assert state["model"] == NAME and state["trigger"] == f"{CORRECTED} new final labels (train every {CORRECTED})"
+    assert jobs.wait(state["id"])["status"] == "done"
+    assert jobs.train_when_due(1) == []  # none new since that fine-tune started
+    with pytest.raises(InvalidArgumentError, match="N must be 1 or more"):
+        jobs.train_when_due(0)
+
+
+def test_a_server_with_train_every_looks_for_due_fine_tunes_after_each_label_sync(world, monkeypatch) -> None:
+    from voxlake.ai import finetune
+    from voxlake.server.app import create_app
+
+    calls = []
+    monkeypatch.setattr(finetune.FinetuneJobs, "train_when_due", lambda _self, every: calls.append(every) or [])
+    app = create_app(world["lake"], viewer=False, refresh_interval=0, registry=world["registry"], train_every=3)
+    app.state.ai.sync_labels_soon()
+    assert app.state.ai.labels_synced.wait(120)
+    assert calls == [3]
+    with pytest.raises(InvalidArgumentError, match="train_every must be 1 or more"):
+        create_app(world["lake"], viewer=False, registry=world["registry"], train_every=0)

@@ -254,7 +254,8 @@ def test_train(http, monkeypatch) -> None:
                                      to_dict=lambda: {"model": model, "version": "2", "promoted": False})
 
     monkeypatch.setitem(sys.modules, "voxlake.ai.finetune",
-                        types.SimpleNamespace(finetune_from_labels=finetune_from_labels))
+                        types.SimpleNamespace(finetune_from_labels=finetune_from_labels,
+                                              finetune_running=lambda _uri: False))
     assert http.get("/train/").status_code == 404  # no task yet, as MONAI Label answers
     r = http.post("/train/organs", content=json.dumps({"client_id": "x", "max_epochs": 3}),
                   headers={"content-type": "application/json"})
@@ -273,3 +274,13 @@ def test_train(http, monkeypatch) -> None:
     assert http.get("/info/").json()["train_stats"]["organs"]["status"] == "DONE"
     r = http.delete("/train/")
     assert r.status_code == 501 and "stopping" in r.json()["reason"]
+
+
+def test_train_is_refused_while_a_fine_tune_of_the_lake_started_elsewhere_runs(http, lake) -> None:
+    """/ai/train, the CLI and MONAI Label's /train share the lake's fine-tune lock."""
+    pytest.importorskip("torch")
+    from voxlake.ai.finetune import finetune_lock
+
+    with finetune_lock(lake.uri):
+        r = http.post("/train/organs")
+        assert r.status_code == 429 and "already running" in r.json()["reason"], r.text

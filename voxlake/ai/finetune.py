@@ -26,12 +26,15 @@ registered as ``challenger`` and promoted to ``champion`` only when it scores be
   (``voxlake.decision`` promoted / kept, ``voxlake.decision_reason``); the version's metadata names
   ``base_version`` and ``mean_dice``.
 
-:class:`FinetuneJobs` runs fine-tunes in a background thread for the server (one at a time), its
-state in memory and in ``<lake>/ai/train/<id>.json``.
+:class:`FinetuneJobs` runs fine-tunes in a background thread for the server, its state in memory and
+in ``<lake>/ai/train/<id>.json``. One fine-tune of a lake runs at a time, whoever starts it: each
+holds :func:`finetune_lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,8 +56,8 @@ if TYPE_CHECKING:
     from voxlake.ai.registry import Registry
     from voxlake.lake.lake import Lake
 
-__all__ = ["FinetuneBusyError", "FinetuneJobs", "FinetuneResult", "HeldoutSet", "check_finetune",
-           "finetune_from_labels", "heldout_set", "train_folder"]
+__all__ = ["FinetuneBusyError", "FinetuneJobs", "FinetuneResult", "HeldoutSet", "check_finetune", "finals_per_model",
+           "finetune_from_labels", "finetune_lock", "finetune_running", "heldout_set", "train_folder"]
 
 HELDOUT_TAG = "voxlake.heldout"  # on the registered model: the fixed held-out set
 SCORE_TAG = "voxlake.heldout_dice"  # on a version: its score on that set
@@ -64,7 +67,7 @@ RECIPE = {"patch": 64, "batch_size": 2, "patches_per_case": 4, "learning_rate": 
 
 
 class FinetuneBusyError(VoxlakeError):
-    """A fine-tune is already running (the server runs one at a time)."""
+    """A fine-tune of the lake is already running (one runs at a time, whoever started it)."""
 
 
 @dataclass
@@ -118,6 +121,35 @@ def train_folder(lake_uri: str) -> Path:
         return Path(storage.normalize(lake_uri)) / "ai" / "train"
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return state / "voxlake" / "train" / hashlib.sha256(lake_uri.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def finetune_lock(lake_uri: str) -> Iterator[None]:
+    """Hold the lake's fine-tune lock (``<train folder>/.lock``, an exclusive ``flock``) or raise
+    :class:`FinetuneBusyError` at once. Every runner takes it (the CLI, ``POST /ai/train``, MONAI
+    Label's ``/train``, in this process or another), so two fine-tunes of one lake never race to
+    register a challenger and move ``champion``. The kernel drops the lock when its holder dies."""
+    folder = train_folder(lake_uri)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinetuneBusyError(f"a fine-tune of lake {lake_uri} is running; one runs at a time: "
+                                    "try again when it is done") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def finetune_running(lake_uri: str) -> bool:
+    """Whether a fine-tune of the lake holds :func:`finetune_lock` now (a check for a quick refusal)."""
+    try:
+        with finetune_lock(lake_uri):
+            return False
+    except FinetuneBusyError:
+        return True
 
 
 # -- the held-out set -------------------------------------------------------------------------------------
@@ -238,6 +270,21 @@ def _final_rows(lake: Lake) -> dict[str, list[dict[str, Any]]]:
     return by_series
 
 
+def finals_per_model(lake: Lake, models: Iterable[str] = ()) -> dict[str, int]:
+    """Final labels (distinct SEGs with status ``final`` in ``labels``) that count for each model:
+    those correcting its runs, plus those correcting no run (drawn from scratch), which count for
+    every model of ``models`` (fine-tuning trains on every final label whose segments it knows)."""
+    from voxlake.ai.labels import TABLE, _has_table
+
+    if not _has_table(lake, TABLE):
+        return {}
+    rows = lake.sql("SELECT model, count(DISTINCT SegmentationSOPInstanceUID) FROM labels WHERE status = 'final' "
+                    "GROUP BY model").fetchall()
+    owned = {str(model): int(n) for model, n in rows if model is not None}
+    free = sum(int(n) for model, n in rows if model is None)
+    return {name: owned.get(name, 0) + free for name in {*owned, *models} if owned.get(name, 0) + free}
+
+
 def _read_seg(lake: Lake, sop: str) -> Any:
     import pydicom
 
@@ -317,7 +364,16 @@ def finetune_from_labels(lake: Lake, registry: Registry, model: str, *,
     strictly higher than the champion's (see the module docstring). ``heldout``: the folder of phantom
     cases, needed on a model's first fine-tune and fixed from then on. ``learning_rate``: default a
     fifth of the champion's. ``epochs`` 0 registers the champion's weights unchanged (a challenger that
-    ties, so is not promoted)."""
+    ties, so is not promoted). Raises :class:`FinetuneBusyError` while another fine-tune of the lake
+    runs (:func:`finetune_lock`)."""
+    with finetune_lock(lake.uri):
+        return _finetune(lake, registry, model, heldout=heldout, epochs=epochs, seed=seed,
+                         learning_rate=learning_rate, device=device, progress=progress)
+
+
+def _finetune(lake: Lake, registry: Registry, model: str, *, heldout: str | os.PathLike[str] | None, epochs: int,
+              seed: int, learning_rate: float | None, device: str | None,
+              progress: Callable[[str], None] | None) -> FinetuneResult:
     import torch
 
     from voxlake.ai.network import PhantomOrgansModel
@@ -446,6 +502,7 @@ class FinetuneJobs:
         self._lock = threading.Lock()
         self._states: dict[str, dict[str, Any]] = {}
         self._thread: threading.Thread | None = None
+        self._skipped: dict[str, int] = {}
 
     def running(self) -> str | None:
         """The id of the fine-tune running now, or None."""
@@ -455,18 +512,23 @@ class FinetuneJobs:
             return None
 
     def submit(self, model: str, *, epochs: int = 20, heldout: str | None = None, seed: int = 0,
-               learning_rate: float | None = None) -> dict[str, Any]:
+               learning_rate: float | None = None, trigger: str = "request") -> dict[str, Any]:
         """Check what can be checked at once (:func:`check_finetune`), then start the fine-tune in the
-        background; returns its state. Raises :class:`FinetuneBusyError` while one runs."""
+        background; returns its state (``trigger`` says why it started). Raises
+        :class:`FinetuneBusyError` while one runs."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 running = self._thread.name.removeprefix("voxlake-finetune-")
                 raise FinetuneBusyError(f"a fine-tune is running ({running}); one runs at a time: "
                                         "try again when it is done")
+            if finetune_running(self.lake.uri):  # started elsewhere: MONAI Label's /train, the CLI
+                raise FinetuneBusyError(f"a fine-tune of lake {self.lake.uri} is running; one runs at a time: "
+                                        "try again when it is done")
             check_finetune(self.lake, self.registry, model, heldout=heldout)
             state = {"id": uuid.uuid4().hex, "model": model, "status": "running", "created": _now(),
                      "finished": None, "epochs": epochs, "heldout": heldout, "progress": None, "result": None,
-                     "error": None}
+                     "error": None, "trigger": trigger}
+            self._remember_finals(model)
             self._states[state["id"]] = state
             self._save(state)
             kwargs = {"heldout": heldout, "epochs": epochs, "seed": seed, "learning_rate": learning_rate}
@@ -474,6 +536,54 @@ class FinetuneJobs:
                                             name=f"voxlake-finetune-{state['id']}")
             self._thread.start()
             return dict(state)
+
+    def train_when_due(self, every: int, **options: Any) -> list[dict[str, Any]]:
+        """"Train after every N new final labels": start a fine-tune of each network model whose final
+        labels (SEGs a reader saved, counted by :func:`finals_per_model`) number at least
+        ``every`` more than when its last fine-tune through these jobs started; returns the states
+        started. While a fine-tune of the lake runs nothing starts: the next call (the next sync)
+        looks again. A model that cannot be fine-tuned yet (no held-out set fixed, not a network)
+        is skipped, with the reason logged once per count. ``options`` go to :meth:`submit`."""
+        import logging
+
+        if every < 1:
+            raise InvalidArgumentError(f"train every N final labels: N must be 1 or more, got {every}")
+        started: list[dict[str, Any]] = []
+        seen = self._finals_seen()
+        for model, count in sorted(finals_per_model(self.lake, self._networks()).items()):
+            if count - seen.get(model, 0) < every:
+                continue
+            try:
+                started.append(self.submit(model, trigger=f"{count - seen.get(model, 0)} new final labels "
+                                                          f"(train every {every})", **options))
+            except FinetuneBusyError:
+                break
+            except Exception as exc:  # not trainable yet: say so once for this count
+                if self._skipped.get(model) != count:
+                    self._skipped[model] = count
+                    logging.getLogger("voxlake.ai").warning(
+                        "train every %d: %s has %d new final labels but cannot be fine-tuned: %s", every, model,
+                        count - seen.get(model, 0), str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        return started
+
+    def _networks(self) -> set[str]:
+        """The registry's models of kind network (the ones fine-tuning takes)."""
+        return {row.name for row in self.registry.list() if str(row.kind) == "network"}
+
+    def _finals_seen(self) -> dict[str, int]:
+        try:
+            return {str(k): int(v) for k, v in json.loads((self.folder / ".finals.json").read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _remember_finals(self, model: str) -> None:
+        """Record the model's final-label count as its fine-tune starts (``<folder>/.finals.json``)."""
+        seen = self._finals_seen()
+        seen[model] = finals_per_model(self.lake, [model]).get(model, 0)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / ".finals.json.tmp"
+        tmp.write_text(json.dumps(seen))
+        os.replace(tmp, self.folder / ".finals.json")
 
     def get(self, run: str) -> dict[str, Any]:
         """The state of a fine-tune; :class:`LookupError` (``JobNotFoundError``) when there is none."""

@@ -26,6 +26,9 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--no-viewer", action="store_true", help="serve the DICOMweb API only")
     s.add_argument("--dicomweb-root", default="/dicomweb", help="path of the DICOMweb API (default /dicomweb)")
     s.add_argument("--max-upload-bytes", type=int, default=4 << 30, help="largest STOW-RS request (default 4 GiB)")
+    s.add_argument("--train-every", type=int, default=None, metavar="N",
+                   help="fine-tune a model after every N new final labels (corrections saved in the viewer); "
+                   "its held-out set must be fixed first (voxlake train --from-labels --heldout DIR)")
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     app = create_app(args.lake, dicomweb_root=args.dicomweb_root, cors_origins=args.cors_origin,
-                     viewer=not args.no_viewer, max_upload_bytes=args.max_upload_bytes)
+                     viewer=not args.no_viewer, max_upload_bytes=args.max_upload_bytes, train_every=args.train_every)
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     print(f"voxlake: serving {args.lake} at http://{shown}:{args.port}/ "
           f"(DICOMweb: http://{shown}:{args.port}{app.state.settings.dicomweb_root}); Ctrl-C stops",

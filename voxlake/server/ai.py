@@ -18,7 +18,9 @@ The registry opens on the first AI request (MLflow's start-up stays off the serv
 on first use and unload when idle (:class:`voxlake.ai.service.ModelPool`); jobs survive a restart
 (:class:`voxlake.ai.service.Jobs`). After each SEG commit the catalog is refreshed, so QIDO-RS and
 OHIF see it at once. A SEG stored through STOW-RS (a correction saved in OHIF) becomes rows of the
-``labels`` table in the background (:meth:`AIService.sync_labels_soon`).
+``labels`` table in the background (:meth:`AIService.sync_labels_soon`); with ``train_every`` N, a
+sync that finds N new final labels of a model starts its fine-tune
+(:meth:`voxlake.ai.finetune.FinetuneJobs.train_when_due`).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime.
@@ -36,13 +38,15 @@ from voxlake.server.errors import DicomWebError, bad_request, not_found
 class AIService:
     """What the AI routes share, built on first use."""
 
-    def __init__(self, state: Any, registry: Any, idle_seconds: float) -> None:
+    def __init__(self, state: Any, registry: Any, idle_seconds: float, train_every: int | None = None) -> None:
         self.state = state
         self._registry = registry
         self.idle_seconds = idle_seconds
+        self.train_every = train_every
         self._lock = threading.Lock()
         self._pool: Any = None
         self._jobs: Any = None
+        self._finetunes: Any = None
         self._labels_pending = False
         self._labels_thread: threading.Thread | None = None
         self.labels_synced = threading.Event()  # set after each background sync (tests wait on it)
@@ -68,6 +72,17 @@ class AIService:
                 self._jobs = Jobs(self.state.lake, pool, jobs_folder(self.state.lake.uri),
                                   on_segmented=lambda: self.state.refresh(force=True)).start()
             return self._jobs
+
+    @property
+    def finetunes(self) -> Any:
+        """The lake's fine-tunes (:class:`voxlake.ai.finetune.FinetuneJobs`), state in ``<lake>/ai/train``."""
+        pool = self.pool
+        with self._lock:
+            if self._finetunes is None:
+                from voxlake.ai.finetune import FinetuneJobs, train_folder
+
+                self._finetunes = FinetuneJobs(self.state.lake, pool.registry, train_folder(self.state.lake.uri))
+            return self._finetunes
 
     def resume(self) -> None:
         """Re-queue the jobs a previous run left unfinished (at start-up, when there are any)."""
@@ -101,6 +116,10 @@ class AIService:
                 result = sync_labels(self.state.lake)
                 for error in result.errors:
                     log.warning("labels: %s", error["reason"])
+                if self.train_every:  # "train after every N new final labels"
+                    for started in self.finetunes.train_when_due(self.train_every):
+                        log.info("labels: fine-tuning %s (%s): /ai/train/%s", started["model"], started["trigger"],
+                                 started["id"])
             except Exception as exc:  # logged; the next stored SEG tries again
                 log.warning("labels: sync failed: %s: %s", type(exc).__name__, exc)
             self.labels_synced.set()
@@ -269,19 +288,8 @@ def router() -> Any:
     # 202 and the run's state, the fine-tune in a background thread, one at a time (409 while one runs).
     # GET /ai/train/{id}: running, done (with the result) or failed (with the error, one line). State in
     # memory and in <lake>/ai/train/<id>.json (voxlake.ai.finetune.FinetuneJobs).
-    trainers_lock = threading.Lock()
-
     def trainer(request: Request) -> Any:
-        from voxlake.ai.finetune import FinetuneJobs, train_folder
-
-        ai = service(request)
-        registry = ai.pool.registry
-        with trainers_lock:
-            jobs = getattr(request.app.state, "ai_train", None)
-            if jobs is None:
-                jobs = FinetuneJobs(ai.state.lake, registry, train_folder(ai.state.lake.uri))
-                request.app.state.ai_train = jobs
-            return jobs
+        return service(request).finetunes
 
     @r.post("/train/{model}", status_code=202)
     def train(request: Request, model: str, body: dict[str, Any] | None = Body(None)) -> Any:  # noqa: B008

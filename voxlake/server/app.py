@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from voxlake.errors import InvalidArgumentError
 from voxlake.server.state import ServerSettings, ServerState
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def create_app(
     ai: bool = True,
     registry: Any = None,
     model_idle_seconds: float = 600.0,
+    train_every: int | None = None,
 ) -> FastAPI:
     """The DICOMweb server of ``lake`` (a :class:`voxlake.Lake` or its URI).
 
@@ -77,7 +79,8 @@ def create_app(
     catalog may be, in seconds; ``qido_max_results`` caps one QIDO-RS page; ``metadata_cache_bytes``
     bounds the cache of assembled series metadata. ``ai`` serves the AI endpoints under ``/ai``
     (:mod:`voxlake.server.ai`) with models from ``registry`` (a :class:`voxlake.ai.registry.Registry`;
-    default: the user's), unloaded after ``model_idle_seconds`` unused.
+    default: the user's), unloaded after ``model_idle_seconds`` unused. ``train_every`` N fine-tunes a
+    model after every N new final labels (corrections saved in the viewer) of it.
     """
     from fastapi import FastAPI
 
@@ -119,7 +122,9 @@ def create_app(
     if ai:
         from voxlake.server import ai as ai_routes
 
-        app.state.ai = ai_routes.AIService(state, registry, model_idle_seconds)
+        if train_every is not None and train_every < 1:
+            raise InvalidArgumentError(f"train_every must be 1 or more, got {train_every}")
+        app.state.ai = ai_routes.AIService(state, registry, model_idle_seconds, train_every)
         app.include_router(ai_routes.router())
         from voxlake.server import monailabel as monailabel_routes
 

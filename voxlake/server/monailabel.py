@@ -34,6 +34,7 @@ Everything else of MONAI Label's API that a client may call answers 501 naming w
 
 import datetime as dt
 import gzip
+import importlib
 import io
 import json
 import re
@@ -571,8 +572,6 @@ def training(app: Any) -> Training:
 
 def load_finetune() -> Any:
     """``voxlake.ai.finetune.finetune_from_labels``, or a 501 naming what is missing."""
-    import importlib
-
     try:
         return importlib.import_module("voxlake.ai.finetune").finetune_from_labels
     except (ImportError, AttributeError) as exc:
@@ -901,6 +900,9 @@ def router() -> Any:
                 raise bad_request(f"model {name} is {row.kind} ({'fixed rules, no weights' if str(row.kind) == 'builtin' else 'not a voxlake network'}): "
                                   "it cannot be trained; fine-tuning takes a network model")
         finetune = load_finetune()
+        if importlib.import_module("voxlake.ai.finetune").finetune_running(ai.state.lake.uri):
+            raise DicomWebError(429, "a training task is already running (a fine-tune of this lake, started "
+                                     "through /ai/train or the CLI)")
         options = {}
         if params.get("epochs", params.get("max_epochs")) is not None:
             options["epochs"] = int(params.get("epochs", params.get("max_epochs")))
