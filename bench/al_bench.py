@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pool", type=int, default=14, help="phantoms to choose from (default 14)")
     p.add_argument("--holdout", type=int, default=6, help="held-out phantoms (default 6)")
-    p.add_argument("--weak-epochs", type=int, default=3, help="epochs of the weak starting model (default 3)")
+    p.add_argument("--weak-epochs", type=int, default=15, help="epochs of the weak starting model (default 15)")
     p.add_argument("--epochs", type=int, default=10, help="epochs per fine-tune (default 10)")
     p.add_argument("--steps", type=lambda t: tuple(int(v) for v in t.split(",")), default=STEPS,
                    help="corrected-case checkpoints (default 2,5,10)")

@@ -4,6 +4,7 @@ benchmark, not here: two epochs on three 40x40 phantoms learn little."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,13 @@ import torch
 
 from voxlake.ai.network import PhantomOrgansModel
 from voxlake.ai.registry import Registry
-from voxlake.ai.train import dice_per_label, load_phantom_case, train_phantom_organs
+from voxlake.ai.train import (
+    dice_per_label,
+    fit_network,
+    load_phantom_case,
+    phase_weights,
+    train_phantom_organs,
+)
 from voxlake.errors import InvalidArgumentError
 from voxlake.synth.phantom import ORGANS, generate_phantoms
 
@@ -107,3 +114,34 @@ def test_same_seed_gives_the_same_weights_and_a_second_version_keeps_the_champio
 def test_training_needs_a_held_out_case(tmp_path: Path, registry: Registry) -> None:
     with pytest.raises(InvalidArgumentError, match="at least 2 cases"):
         train_phantom_organs(tmp_path, registry=registry, epochs=1)
+
+
+def test_each_contrast_phase_gets_an_equal_share_of_the_patches(tmp_path: Path) -> None:
+    phases = ["native", "arterial", "portal-venous", "portal-venous", "portal-venous", None]
+    for i, phase in enumerate(phases):
+        (tmp_path / f"case-{i}").mkdir()
+        if phase is not None:
+            (tmp_path / f"case-{i}" / "labels.json").write_text(json.dumps({"case": {"phase": phase}}))
+    weights = phase_weights(sorted(tmp_path.glob("case-*")))
+    share = {p: sum(w for w, q in zip(weights, phases, strict=True) if q == p) for p in set(phases)}
+    assert share == {"native": 1.0, "arterial": 1.0, "portal-venous": pytest.approx(1.0), None: 1.0}
+
+
+def test_case_weights_decide_which_cases_an_epoch_draws_from() -> None:
+    """A case with no odds is never drawn: the network trained on case 0 alone equals the one trained
+    on [case 0, case 1] with odds (1, 0) and the same number of patches."""
+    x = torch.zeros((1, 16, 16, 16))
+    y0, y1 = torch.zeros((16, 16, 16), dtype=torch.long), torch.ones((16, 16, 16), dtype=torch.long)
+    drawn: list[int] = []
+
+    def build() -> torch.nn.Module:
+        net = torch.nn.Conv3d(1, 2, 1)
+        net.register_forward_hook(lambda _m, _i, out: drawn.append(out.shape[0]))
+        return net
+
+    common = {"epochs": 1, "seed": 3, "patch": 8, "batch_size": 1, "learning_rate": 1e-2, "device": "cpu"}
+    only = fit_network(build, [(x, y0)], patches_per_case=4, **common)
+    odds = fit_network(build, [(x, y0), (x, y1)], patches_per_case=2, case_weights=[1.0, 0.0], **common)
+    for a, b in zip(only.network.parameters(), odds.network.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert len(drawn) == 8

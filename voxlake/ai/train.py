@@ -3,8 +3,10 @@
 
 The recipe, fixed by ``seed``: the last ``holdout`` cases (sorted by folder name) are held out; each
 training case is resampled once to the working spacing and kept in memory; an epoch draws
-``patches_per_case`` patches per training case, two in three centred on a voxel of a label drawn
-uniformly among the labels present (small organs get seen), the rest anywhere; Adam on Dice + cross
+``patches_per_case`` patches per training case on average, the cases drawn so that each contrast phase
+gets an equal share (a phase that chance made rare is not learnt less: native-phase kidneys, 32 HU
+against 170 with contrast, were missed when 3 of 16 cases were native), two in three patches centred on
+a voxel of a label drawn uniformly among the labels present (small organs get seen), the rest anywhere; Adam on Dice + cross
 entropy, its rate decayed along a cosine to 2% by the last step. Held-out cases are scored at their
 own resolution through the model's ``predict``, as users run it. Torch runs in deterministic mode while training, so a seed and a thread count give the same
 weights.
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
     from voxlake.ai.registry import Registry
     from voxlake.ai.volume import Volume
 
-__all__ = ["FitResult", "PhantomCaseData", "dice_per_label", "fit_network", "load_phantom_case", "prepare_case",
-           "train_phantom_organs"]
+__all__ = ["FitResult", "PhantomCaseData", "dice_per_label", "fit_network", "load_phantom_case", "phase_weights",
+           "prepare_case", "train_phantom_organs"]
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,13 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
                          epochs: int = 40, seed: int = 0, holdout: int | None = None,
                          spacing: float = 3.0, patch: int = 64, batch_size: int = 2,
                          patches_per_case: int = 4, learning_rate: float = 2e-3,
-                         channels: Sequence[int] = (16, 32, 64, 128), device: str | None = None,
-                         progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, float]]:
+                         channels: Sequence[int] = (16, 32, 64, 128), balance_phases: bool = True,
+                         device: str | None = None, progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, float]]:
     """Train, score on the held-out cases, register; returns (version, metrics).
 
     ``holdout``: how many cases (the last ones) are scored and never trained on; default a fifth, at
-    least one. ``metrics`` has ``dice_<organ>`` (mean over held-out cases that hold the organ),
+    least one. ``balance_phases``: draw training cases so that each contrast phase (``labels.json``)
+    gets an equal share of the patches. ``metrics`` has ``dice_<organ>`` (mean over held-out cases that hold the organ),
     ``mean_dice`` (over organs), ``seconds_per_epoch``, ``final_loss`` (last epoch) and ``train_seconds``.
     The version gets the alias ``champion`` when the model has none yet. ``device``: a torch device,
     default CUDA when present, else the CPU (the saved weights load on either).
@@ -126,6 +129,7 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
     params = {"epochs": epochs, "seed": seed, "spacing_mm": spacing, "patch": patch, "batch_size": batch_size,
               "patches_per_case": patches_per_case, "learning_rate": learning_rate, "schedule": "cosine",
               "channels": list(channels), "train_cases": len(train_dirs), "heldout_cases": len(test_dirs),
+              "balance_phases": balance_phases,
               "phantoms_dir": str(Path(phantoms_dir).resolve()), "torch_threads": torch.get_num_threads(), "device": device}
 
     t0 = time.perf_counter()
@@ -134,6 +138,7 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
         case = load_phantom_case(d)
         data.append(prepare_case(case.volume.array, case.volume.spacing, case.labels, config))
     say(f"prepared {len(data)} training cases in {time.perf_counter() - t0:.1f} s")
+    weights = phase_weights(train_dirs) if balance_phases else None
 
     client = registry.client
     run_id = registry.start_run(f"train {name}")
@@ -147,7 +152,7 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
 
         fitted = fit_network(lambda: build_network(config), data, epochs=epochs, seed=seed, patch=patch,
                              batch_size=batch_size, patches_per_case=patches_per_case,
-                             learning_rate=learning_rate, device=device, on_epoch=on_epoch)
+                             learning_rate=learning_rate, device=device, on_epoch=on_epoch, case_weights=weights)
         network, epoch_seconds, loss_value = fitted.network, fitted.epoch_seconds, fitted.final_loss
         train_seconds = time.perf_counter() - t0
         model = PhantomOrgansModel(network, config, name=name, version="unregistered")
@@ -200,13 +205,15 @@ def prepare_case(array: np.ndarray, spacing: Sequence[float], labels: np.ndarray
 
 def fit_network(build: Callable[[], Any], data: Sequence[tuple[Any, Any]], *, epochs: int, seed: int, patch: int,
                 batch_size: int, patches_per_case: int, learning_rate: float, device: str,
-                on_epoch: Callable[[int, float, float], None] | None = None) -> FitResult:
+                on_epoch: Callable[[int, float, float], None] | None = None,
+                case_weights: Sequence[float] | None = None) -> FitResult:
     """The recipe's training loop, shared by training from scratch and fine-tuning: in deterministic
     torch seeded with ``seed``, ``build()`` makes the network (a new one, or one with a champion's
     weights), then each epoch draws ``patches_per_case`` patches per case of ``data`` (two in three
     centred on a label), Adam on Dice + cross entropy with the rate decayed along a cosine to 2% by the
     last step. ``on_epoch(epoch, mean loss, seconds)`` after each epoch. ``epochs`` 0 returns the
-    network as built."""
+    network as built. ``case_weights``: draw an epoch's cases with these relative odds (the epoch keeps
+    ``patches_per_case`` × cases patches) instead of each case the same number of times."""
     import torch
     from monai.losses import DiceCELoss
 
@@ -225,8 +232,12 @@ def fit_network(build: Callable[[], Any], data: Sequence[tuple[Any, Any]], *, ep
             e0 = time.perf_counter()
             network.train()
             batch_losses = []
-            order = [i for i in range(len(data)) for _ in range(patches_per_case)]
-            rng.shuffle(order)
+            if case_weights is None:
+                order = [i for i in range(len(data)) for _ in range(patches_per_case)]
+                rng.shuffle(order)
+            else:
+                odds = np.asarray(case_weights, dtype=float)
+                order = rng.choice(len(data), size=len(data) * patches_per_case, p=odds / odds.sum()).tolist()
             for b in range(0, len(order), batch_size):
                 xs, ys = zip(*(_patch(*data[i], patch, rng) for i in order[b:b + batch_size]), strict=True)
                 optimiser.zero_grad()
@@ -241,6 +252,21 @@ def fit_network(build: Callable[[], Any], data: Sequence[tuple[Any, Any]], *, ep
             if on_epoch is not None:
                 on_epoch(epoch, losses[-1], epoch_seconds[-1])
     return FitResult(network, losses, epoch_seconds)
+
+
+def phase_weights(case_dirs: Sequence[Path]) -> list[float]:
+    """Sampling odds per phantom case that give each contrast phase (``labels.json``'s ``case.phase``) an
+    equal share; cases without one form a phase of their own."""
+    import json
+
+    phases = []
+    for d in case_dirs:
+        try:
+            phases.append(json.loads((Path(d) / "labels.json").read_text())["case"].get("phase"))
+        except (OSError, ValueError, KeyError, TypeError):
+            phases.append(None)
+    counts = {p: phases.count(p) for p in phases}
+    return [1.0 / counts[p] for p in phases]
 
 
 def _param(key: str, value: Any) -> Any:
