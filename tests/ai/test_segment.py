@@ -64,6 +64,23 @@ def test_a_model_that_returns_labels_it_does_not_declare_is_an_error_of_that_ser
     assert lake.sql("SELECT count(*) FROM segment_stats WHERE model = 'careless'").fetchall() == [(0,)]
 
 
+@pytest.mark.parametrize(("values", "said"), [(np.array([-1, 1], np.int16), "negative labels"),
+                                               (np.array([0.0, 1.0], np.float32), "float32 labels")])
+def test_a_model_that_returns_negative_or_fractional_labels_is_an_error_of_that_series(lake, values, said):
+    from voxlake.ai.segment import segment
+
+    class Sloppy:
+        name, version, labels = f"sloppy-{values.dtype}", "0", {1: "body"}
+
+        def predict(self, volume):
+            return np.resize(values, volume.shape)
+
+    summary = segment(lake, model=Sloppy(), where="Modality = 'CT'")
+    assert (summary.segmented, summary.errors) == (0, 1)
+    assert summary.outcomes[0].error_class == "ModelOutputError"
+    assert said in summary.outcomes[0].message
+
+
 def test_the_cli_segments_with_a_progress_bar_and_prints_json(tmp_path, ct_series):
     import json
     import subprocess

@@ -272,3 +272,44 @@ def test_load_series_reads_zipped_instances_of_the_lake(tmp_path: Path, ct_serie
     np.testing.assert_array_equal(v.array, expected.array)
     with pytest.raises(VolumeError, match=r"series 9\.9\.9: no instances in the lake"):
         load_series(lake, "9.9.9")
+
+
+def test_uncompressed_16_bit_pixels_read_straight_from_pixel_data_equal_pydicoms(shared_data: Path) -> None:
+    """The fast path of volume_from_datasets against pydicom's decoder on every uncompressed little-endian
+    16-bit monochrome file of the shared data (CT, MR, 12-bit, signed, multi-frame)."""
+    import pydicom
+
+    from voxlake.ai.volume import _native_pixels
+
+    compared = 0
+    for path in sorted(shared_data.rglob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(path)
+            native = _native_pixels(ds)
+            if native is None:
+                continue
+            expected = ds.pixel_array
+        except Exception:  # malformed files are other tests' business
+            continue
+        assert native.dtype == expected.dtype and np.array_equal(native, expected), path
+        compared += 1
+    assert compared >= 20
+
+
+@pytest.mark.parametrize(("signed", "expected"), [(True, [-2048, 2047, -1, 0]), (False, [2048, 2047, 4095, 0])])
+def test_bits_above_bits_stored_are_ignored_as_pydicom_ignores_them(signed: bool, expected: list[int]) -> None:
+    """12 bits stored in 16 with garbage in the top 4: sign-extended from bit 11, or masked."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from voxlake.ai.volume import _native_pixels
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 2, 2, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, int(signed)
+    ds.PixelData = np.array([0xF800, 0x07FF, 0xAFFF, 0x5000], "<u2").tobytes()
+    assert _native_pixels(ds).ravel().tolist() == expected
+    assert ds.pixel_array.ravel().tolist() == expected

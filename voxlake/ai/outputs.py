@@ -116,17 +116,21 @@ class Prepared:
 
 def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels: dict[int, str], *,
             model_name: str, model_version: str, nifti: bool = False, meshes: bool = True, mesh_step: int = 2,
-            transfer_syntax: str | None = None) -> Prepared:
+            transfer_syntax: str | None = None, present: list[int] | None = None) -> Prepared:
     """Compute every output of a run (the SEG as bytes, the statistics and mesh rows) and write its
     files (meshes, NIfTI) under ``<lake_root>/derived``; commit nothing. Raises the SEG's errors
-    (:class:`~voxlake.ai.seg.EmptySegmentationError`, :class:`InvalidArgumentError`) before writing."""
+    (:class:`~voxlake.ai.seg.EmptySegmentationError`, :class:`InvalidArgumentError`) before writing.
+    ``present``: the label values that occur in ``label_map``, when the caller has counted them."""
     from voxlake.ingest.run import new_run_id
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_id = new_run_id()
     options = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
-    seg = segmentation(volume, label_map, labels, model_name=model_name, model_version=model_version, **options)
+    if present is None:
+        present = present_labels(label_map, labels)
+    seg = segmentation(volume, label_map, labels, model_name=model_name, model_version=model_version,
+                       present=present, **options)
     data = encode(seg)
     timings["seg"] = time.perf_counter() - t0
 
@@ -147,7 +151,7 @@ def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels
         nifti_path = write_nifti(volume, label_map, folder / "labels.nii.gz")
         timings["nifti"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    numbers = {v: n for n, v in enumerate(present_labels(label_map, labels), start=1)}
+    numbers = {v: n for n, v in enumerate(sorted(v for v in present if v > 0 and v in labels), start=1)}
     stats = segment_stats(volume, label_map, labels, model_name=model_name, model_version=model_version,
                           seg_sop_instance_uid=seg.SOPInstanceUID, seg_series_instance_uid=seg.SeriesInstanceUID,
                           run_id=run_id, segment_numbers=numbers)

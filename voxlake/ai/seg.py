@@ -14,6 +14,7 @@ same table the phantoms' truth SEGs use), else a generic "Tissue".
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 
     from voxlake.ai.volume import Volume
 
-__all__ = ["SEGMENT_CODES", "EmptySegmentationError", "SegmentCode", "encode", "present_labels", "segment_code",
-           "segmentation"]
+__all__ = ["SEGMENT_CODES", "EmptySegmentationError", "SegmentCode", "encode", "label_counts", "present_labels",
+           "segment_code", "segmentation"]
 
 MANUFACTURER = "voxlake"
 #: Transfer syntaxes a BINARY SEG can be written in without loss (see the module docstring).
@@ -83,17 +84,18 @@ def segment_code(name: str, index: int = 0) -> SegmentCode:
 
 def present_labels(label_map: np.ndarray, labels: dict[int, str]) -> list[int]:
     """The label values of ``labels`` that occur in ``label_map``, ascending."""
-    counts = _label_counts(label_map, max(labels, default=0) + 1)
+    counts = label_counts(label_map, max(labels, default=0) + 1)
     return [v for v in sorted(labels) if v > 0 and v < counts.size and counts[v] > 0]
 
 
-#: Voxels per chunk of :func:`_label_counts` (its intp copy stays in cache).
+#: Voxels per chunk of :func:`label_counts` (its intp copy stays in cache).
 _CHUNK = 1 << 20
 
 
-def _label_counts(label_map: np.ndarray, minlength: int) -> np.ndarray:
-    """``np.bincount`` of the whole label map, a chunk at a time: bincount casts its input to intp,
-    which for a CT's uint8 map would be an 8x copy of the volume (280 MB for 512x512x134)."""
+def label_counts(label_map: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Voxels per label value (index = value) of a non-negative integer label map: ``np.bincount``
+    a chunk at a time, since bincount casts its input to intp, which for a CT's uint8 map would be an
+    8x copy of the volume (280 MB for 512x512x134). A third of the time of ``np.unique``, which sorts."""
     flat = label_map.reshape(-1)
     counts = np.zeros(minlength, np.int64)
     for start in range(0, flat.size, _CHUNK):
@@ -121,13 +123,14 @@ def check_label_map(volume: Volume, label_map: np.ndarray, labels: dict[int, str
 def segmentation(volume: Volume, label_map: np.ndarray, labels: dict[int, str], *, model_name: str,
                  model_version: str, series_number: int = 900, transfer_syntax: str = ExplicitVRLittleEndian,
                  algorithm_family: Code | None = None, series_instance_uid: str | None = None,
-                 sop_instance_uid: str | None = None) -> Dataset:
+                 sop_instance_uid: str | None = None, present: Sequence[int] | None = None) -> Dataset:
     """The SEG of ``label_map`` (shape of ``volume``, values of ``labels``; 0 background).
 
     Segments are numbered 1, 2, … in the order of the label values present (PS3.3 C.8.20.2 wants
     them consecutive); each keeps its label name as SegmentLabel and TrackingID. Raises
     :class:`EmptySegmentationError` when no label is present and :class:`InvalidArgumentError` for
-    a label map that does not fit the volume or an unsupported transfer syntax.
+    a label map that does not fit the volume or an unsupported transfer syntax. ``present``: the
+    label values that occur, when the caller has counted them already (one pass over the map less).
 
     >>> seg = segmentation(volume, model.predict(volume), model.labels,  # doctest: +SKIP
     ...                    model_name=model.name, model_version=model.version)
@@ -139,7 +142,7 @@ def segmentation(volume: Volume, label_map: np.ndarray, labels: dict[int, str], 
         valid = ", ".join(f"{ts.keyword} ({ts})" for ts in TRANSFER_SYNTAXES)
         raise InvalidArgumentError(f"transfer_syntax must be one of {valid}; got {transfer_syntax!r}")
     check_label_map(volume, label_map, labels)
-    present = present_labels(label_map, labels)
+    present = present_labels(label_map, labels) if present is None else sorted(v for v in present if v > 0 and v in labels)
     if not present:
         raise EmptySegmentationError(f"series {volume.SeriesInstanceUID}: model {model_name} "
                                      f"{model_version} found none of its labels {sorted(labels.values())}")

@@ -88,6 +88,7 @@ def _compute(lake: Lake, root: Any, series_instance_uid: str, model: Segmentatio
     import numpy as np
 
     from voxlake.ai.outputs import prepare
+    from voxlake.ai.seg import label_counts
     from voxlake.ai.volume import load_series
 
     t0 = time.perf_counter()
@@ -106,12 +107,19 @@ def _compute(lake: Lake, root: Any, series_instance_uid: str, model: Segmentatio
     if label_map.shape != volume.shape:
         raise ModelOutputError(f"model {model.name}:{model.version} returned shape {label_map.shape} for series "
                                f"{series_instance_uid} of shape {volume.shape}")
-    undeclared = sorted(set(np.unique(label_map).tolist()) - {0} - set(model.labels))
+    if np.issubdtype(label_map.dtype, np.signedinteger) and label_map.size and label_map.min() < 0:
+        raise ModelOutputError(f"model {model.name}:{model.version} returned negative labels for series "
+                               f"{series_instance_uid}")
+    if not np.issubdtype(label_map.dtype, np.integer):
+        raise ModelOutputError(f"model {model.name}:{model.version} returned {label_map.dtype} labels for series "
+                               f"{series_instance_uid}; a label map holds integers")
+    found = np.flatnonzero(label_counts(label_map)).tolist()
+    undeclared = sorted(set(found) - {0} - set(model.labels))
     if undeclared:
         raise ModelOutputError(f"model {model.name}:{model.version} returned labels {undeclared} it does not "
                                f"declare (declared: {sorted(model.labels)})")
     prepared = prepare(root, volume, label_map, model.labels, model_name=model.name, model_version=model.version,
-                       nifti=nifti, meshes=meshes)
+                       nifti=nifti, meshes=meshes, present=found)
     t3 = time.perf_counter()
     volumes = {r["label"]: float(r["volume_ml"]) for r in prepared.stats}
     return prepared, {"load": t1 - t0, "predict": t2 - t1, "record": t3 - t2}, volumes

@@ -114,7 +114,9 @@ def volume_from_datasets(datasets: Iterable[Dataset]) -> Volume:
     for index, placed in by_dataset.items():  # decode each instance once, one at a time
         ds = datasets[index]
         try:
-            pixels = ds.pixel_array
+            pixels = _native_pixels(ds)
+            if pixels is None:
+                pixels = ds.pixel_array
         except Exception as exc:  # pydicom raises many kinds for undecodable pixels
             raise VolumeError(
                 f"{label}: Pixel Data of {ds.get('SOPInstanceUID')} cannot be decoded: {exc}"
@@ -191,6 +193,34 @@ def _read(uri: str, series: str) -> Dataset:
             return pydicom.dcmread(fp)
     except Exception as exc:
         raise VolumeError(f"series {series}: cannot read {uri}: {exc}") from exc
+
+
+_LITTLE_ENDIAN_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def _native_pixels(ds: Dataset) -> np.ndarray | None:
+    """The 16-bit monochrome frame(s) of an uncompressed little-endian instance read straight from
+    Pixel Data (a view, unused high bits masked or sign-extended as pydicom does), or None for
+    anything else, which pydicom decodes. pydicom's general path spent 3.6 ms of a slice's 4.4 ms
+    here on bookkeeping and copies (300-slice series: 1.1 s)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if (syntax not in _LITTLE_ENDIAN_NATIVE or int(ds.get("BitsAllocated", 0) or 0) != 16
+            or int(ds.get("SamplesPerPixel", 1) or 1) != 1):
+        return None
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    stored = int(ds.get("BitsStored", 16) or 16)
+    data = ds.PixelData
+    if not isinstance(data, bytes | bytearray) or len(data) < 2 * rows * columns * frames or not 1 <= stored <= 16:
+        return None
+    pixels = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=rows * columns * frames)
+    if stored < 16:  # bits above BitsStored may hold anything (overlays, garbage)
+        unused = 16 - stored
+        pixels = (pixels << unused) >> unused if signed else pixels & np.uint16((1 << stored) - 1)
+    shape = (rows, columns) if frames == 1 else (frames, rows, columns)
+    return pixels.reshape(shape)
 
 
 def _floats(value: Any, n: int, what: str, label: str, sop: str) -> tuple[float, ...]:
