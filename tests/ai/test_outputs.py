@@ -363,3 +363,86 @@ def test_seg_of_labels_that_are_not_segment_numbers_renumbers_them(case, volume)
     expected = labels.copy()
     expected[0, 0, 0] = 0
     assert np.array_equal(lut[array], expected)
+
+
+def _frozen(monkeypatch):
+    """highdicom's clock and pydicom's UID generator made repeatable, so two builds can be compared."""
+    import datetime as dt
+    import itertools
+    import types
+
+    import highdicom.base
+    import highdicom.base_content
+
+    from voxlake.ai import seg as seg_module
+
+    fixed = dt.datetime(2026, 11, 22, 9, 30, 0, 123456)
+    clock = types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: fixed))
+    monkeypatch.setattr(highdicom.base, "datetime", clock)
+    monkeypatch.setattr(highdicom.base_content, "datetime", clock)  # ContributionDateTime
+    # highdicom's own random UIDs (the dimension organisation) are not the SEG's: one value
+    monkeypatch.setattr(pydicom.uid, "generate_uid", lambda prefix=None, **_: "2.25.77")
+
+    def reset() -> None:
+        counter = itertools.count(1)
+        monkeypatch.setattr(seg_module, "generate_uid", lambda: f"2.25.{next(counter)}")
+
+    return reset
+
+
+@pytest.mark.parametrize("where", ["phantom", "real CT", "odd size", "labels not segment numbers", "one segment"])
+def test_the_seg_file_is_byte_for_byte_the_one_highdicom_builds_frame_by_frame(case, volume, where, monkeypatch,
+                                                                               ct_series, tmp_path):
+    """segmentation_file builds the SEG of the union of the segments and writes each segment's frames
+    from its plane items: the bytes must be encode(segmentation(...))'s, whatever the data."""
+    from voxlake.ai.seg import encode, segmentation_file
+    from voxlake.ai.volume import volume_from_datasets
+
+    names = case["names"]
+    if where == "phantom":
+        vol, label_map = volume, case["labels"]
+    elif where == "real CT":
+        from voxlake.ai.tissue import CTTissueModel
+
+        model = CTTissueModel()
+        vol = volume_from_datasets(pydicom.dcmread(p) for p in sorted(ct_series.glob("*.dcm"))[40:64])
+        label_map, names = model.predict(vol), model.labels
+    else:
+        from voxlake.synth.phantom import generate_phantoms
+
+        rng = np.random.default_rng(7)
+        out = tmp_path / "odd"
+        # 30x27 = 810 voxels a frame: frames share bytes in the packed stream
+        generate_phantoms(out, cases=1, seed=5, rows=30, columns=27, slices=6, slice_thickness=5.0)
+        vol = volume_from_datasets(pydicom.dcmread(p) for p in sorted((out / "case-0000" / "ct").glob("*.dcm")))
+        label_map = rng.integers(0, 4, size=vol.shape).astype(np.uint8)
+        label_map[2] = 0  # a plane with no segment at all
+        label_map[3][label_map[3] == 2] = 0  # a plane without segment 2
+        names = {1: "liver", 2: "spleen", 3: "aorta"}
+        if where == "one segment":
+            label_map = (label_map == 2).astype(np.uint8) * 2
+        if where == "labels not segment numbers":
+            label_map = (label_map.astype(np.uint16) * 100)
+            names = {100: "liver", 200: "spleen", 300: "aorta", 400: "never"}
+    reset = _frozen(monkeypatch)
+    options = {"model_name": MODEL, "model_version": VERSION, "series_instance_uid": "2.25.900",
+               "sop_instance_uid": "2.25.901"}
+    reset()
+    header, data = segmentation_file(vol, label_map, names, **options)
+    reset()
+    expected = encode(segmentation(vol, label_map, names, **options))
+    assert data == expected
+    assert header.SOPInstanceUID == "2.25.901"
+    assert "PixelData" not in header and not header.PerFrameFunctionalGroupsSequence  # the fast path was taken
+    read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    assert read.NumberOfFrames == len(read.PerFrameFunctionalGroupsSequence) > 0
+
+
+@pytest.mark.parametrize("top", [0, 3, 15, 16, 40, 63, 64, 300])
+def test_the_values_present_in_a_label_map_are_those_a_histogram_finds(top):
+    from voxlake.ai.seg import label_counts, values_present
+
+    rng = np.random.default_rng(top)
+    label_map = rng.integers(0, top + 1, size=(7, 33, 35)).astype(np.uint16 if top > 255 else np.uint8)
+    label_map[label_map == 2] = 0  # a value missing in the middle
+    assert values_present(label_map) == np.flatnonzero(label_counts(label_map)).tolist()

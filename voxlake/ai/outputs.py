@@ -28,7 +28,7 @@ import numpy as np
 
 from voxlake.ai import tables
 from voxlake.ai.meshes import surface_mesh, write_stl
-from voxlake.ai.seg import encode, present_labels, segmentation
+from voxlake.ai.seg import present_labels, segmentation_file
 from voxlake.ai.stats import segment_stats
 from voxlake.errors import InvalidArgumentError, VoxlakeError
 
@@ -129,9 +129,8 @@ def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels
     options = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
     if present is None:
         present = present_labels(label_map, labels)
-    seg = segmentation(volume, label_map, labels, model_name=model_name, model_version=model_version,
-                       present=present, **options)
-    data = encode(seg)
+    seg, data = segmentation_file(volume, label_map, labels, model_name=model_name, model_version=model_version,
+                                  present=present, **options)
     timings["seg"] = time.perf_counter() - t0
 
     lineage = {"SeriesInstanceUID": volume.SeriesInstanceUID, "StudyInstanceUID": volume.StudyInstanceUID,

@@ -88,7 +88,7 @@ def _compute(lake: Lake, root: Any, series_instance_uid: str, model: Segmentatio
     import numpy as np
 
     from voxlake.ai.outputs import prepare
-    from voxlake.ai.seg import label_counts
+    from voxlake.ai.seg import values_present
     from voxlake.ai.volume import load_series
 
     t0 = time.perf_counter()
@@ -113,7 +113,7 @@ def _compute(lake: Lake, root: Any, series_instance_uid: str, model: Segmentatio
     if not np.issubdtype(label_map.dtype, np.integer):
         raise ModelOutputError(f"model {model.name}:{model.version} returned {label_map.dtype} labels for series "
                                f"{series_instance_uid}; a label map holds integers")
-    found = np.flatnonzero(label_counts(label_map)).tolist()
+    found = values_present(label_map)
     undeclared = sorted(set(found) - {0} - set(model.labels))
     if undeclared:
         raise ModelOutputError(f"model {model.name}:{model.version} returned labels {undeclared} it does not "
