@@ -132,7 +132,9 @@ def section(info: dict[str, Any], res: dict[str, Any]) -> str:
              "- Each model's series is ingested into a fresh lake; `voxlake.ai.segment.segment_series(lake, series, "
              "model, meshes=False)` runs once to warm up, then "
              f"{res['reps']} times: load (lake rows → volume, sorted and rescaled), predict (the model alone), record "
-             "(DICOM SEG built with highdicom, landed and ingested into the lake, `segment_stats` appended). Medians. "
+             "(DICOM SEG built with highdicom as the union of its segments, each segment's frames written from the plane items: "
+             "`voxlake.ai.seg.segmentation_file`, byte for byte highdicom's own SEG; landed and ingested into the lake, "
+             "`segment_stats` appended). Medians. "
              "Overhead = (load + record) / total. Meshes (STL per label, marching cubes at step 2) are timed once "
              "apart; they are optional.",
              "- `ct-tissue`: thresholds and morphology, no network. `phantom-organs`: the registry's champion "
