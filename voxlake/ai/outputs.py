@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom.uid import generate_uid
 
 from voxlake.ai import tables
 from voxlake.ai.meshes import surface_mesh, write_stl
@@ -44,7 +47,8 @@ DERIVED_FILES = "derived"
 @dataclass
 class RecordResult:
     """What :func:`record` wrote: the SEG (file and UIDs), the rows appended, optional files, and
-    seconds per step (``seg``, ``meshes``, ``nifti``, ``stats``, ``ingest``, ``tables``)."""
+    seconds per step (``seg``, ``meshes``, ``nifti``, ``stats``, ``ingest``, ``tables``; ``stats``
+    runs in a thread beside ``seg``)."""
 
     run_id: str
     seg_path: Path
@@ -129,9 +133,25 @@ def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels
     options = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
     if present is None:
         present = present_labels(label_map, labels)
-    seg, data = segmentation_file(volume, label_map, labels, model_name=model_name, model_version=model_version,
-                                  present=present, **options)
-    timings["seg"] = time.perf_counter() - t0
+    numbers = {v: n for n, v in enumerate(sorted(v for v in present if v > 0 and v in labels), start=1)}
+    series_uid, sop_uid = generate_uid(), generate_uid()
+
+    def statistics() -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        rows = segment_stats(volume, label_map, labels, model_name=model_name, model_version=model_version,
+                             seg_sop_instance_uid=sop_uid, seg_series_instance_uid=series_uid, run_id=run_id,
+                             segment_numbers=numbers)
+        timings["stats"] = time.perf_counter() - started
+        return rows
+
+    # the statistics (numpy) beside the SEG (mostly Python): 0.3 s less of 1.8 s on a 300-slice phantom
+    with ThreadPoolExecutor(1, thread_name_prefix="voxlake-stats") if numbers else nullcontext() as pool:
+        future = pool.submit(statistics) if pool is not None else None
+        seg, data = segmentation_file(volume, label_map, labels, model_name=model_name, model_version=model_version,
+                                      present=present, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
+                                      **options)
+        timings["seg"] = time.perf_counter() - t0
+        stats = future.result() if future is not None else []
 
     lineage = {"SeriesInstanceUID": volume.SeriesInstanceUID, "StudyInstanceUID": volume.StudyInstanceUID,
                "model": model_name, "model_version": str(model_version),
@@ -149,12 +169,6 @@ def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels
         t0 = time.perf_counter()
         nifti_path = write_nifti(volume, label_map, folder / "labels.nii.gz")
         timings["nifti"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    numbers = {v: n for n, v in enumerate(sorted(v for v in present if v > 0 and v in labels), start=1)}
-    stats = segment_stats(volume, label_map, labels, model_name=model_name, model_version=model_version,
-                          seg_sop_instance_uid=seg.SOPInstanceUID, seg_series_instance_uid=seg.SeriesInstanceUID,
-                          run_id=run_id, segment_numbers=numbers)
-    timings["stats"] = time.perf_counter() - t0
     return Prepared(run_id, data, (str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID),
                                                 str(seg.SOPInstanceUID)), stats, mesh_rows, nifti_path, timings)
 
