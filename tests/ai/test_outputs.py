@@ -446,3 +446,12 @@ def test_the_values_present_in_a_label_map_are_those_a_histogram_finds(top):
     label_map = rng.integers(0, top + 1, size=(7, 33, 35)).astype(np.uint16 if top > 255 else np.uint8)
     label_map[label_map == 2] = 0  # a value missing in the middle
     assert values_present(label_map) == np.flatnonzero(label_counts(label_map)).tolist()
+
+
+def test_a_fractional_label_map_is_refused_with_the_series_named_before_anything_is_written(case, volume, tmp_path):
+    from voxlake.ai.outputs import prepare
+
+    with pytest.raises(InvalidArgumentError, match=f"series {volume.SeriesInstanceUID}: label map must hold integers"):
+        prepare(tmp_path, volume, case["labels"].astype(np.float32), case["names"], model_name=MODEL,
+                model_version=VERSION, meshes=False)
+    assert not any(tmp_path.iterdir())

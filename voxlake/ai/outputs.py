@@ -31,7 +31,7 @@ from pydicom.uid import generate_uid
 
 from voxlake.ai import tables
 from voxlake.ai.meshes import surface_mesh, write_stl
-from voxlake.ai.seg import present_labels, segmentation_file
+from voxlake.ai.seg import check_label_map, present_labels, segmentation_file
 from voxlake.ai.stats import segment_stats
 from voxlake.errors import InvalidArgumentError, VoxlakeError
 
@@ -131,6 +131,7 @@ def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels
     t0 = time.perf_counter()
     run_id = new_run_id()
     options = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
+    check_label_map(volume, label_map, labels)  # a clear error before any counting
     if present is None:
         present = present_labels(label_map, labels)
     numbers = {v: n for n, v in enumerate(sorted(v for v in present if v > 0 and v in labels), start=1)}
