@@ -172,9 +172,11 @@ def segmentation_file(volume: Volume, label_map: np.ndarray, labels: dict[int, s
     frame, 2,000 frames for 12 organs on 300 slices, most of the SEG's cost. Here highdicom builds
     the SEG of the union of the segments instead: one frame per plane that holds any segment, with
     every attribute, the planes' order and dimension indices and each plane's per-frame item. A
-    segment's frame on a plane has that plane's item with two values changed, the segment number in
-    ReferencedSegmentNumber and the first DimensionIndexValues; so the per-frame items are written as
-    bytes from the plane items' encodings, and the frames are packed as highdicom packs them. An
+    segment's frame on a plane has that plane's item with its segment number as the first
+    DimensionIndexValues and its own SegmentIdentificationSequence (which a one-segment SEG keeps in
+    the shared groups, with DimensionOrganizationType 3D); so the per-frame items are written as
+    bytes from the plane items' encodings, and the frames are packed as highdicom packs them. The
+    tests hold it to highdicom's bytes (same UIDs and clock) on several kinds of data. An
     uncompressed transfer syntax and single-frame sources only; anything else, or a plane item not
     as expected, goes through :func:`segmentation` and :func:`encode`."""
     import highdicom as hd
