@@ -188,7 +188,7 @@ def segmentation_file(volume: Volume, label_map: np.ndarray, labels: dict[int, s
     frames = args["pixel_array"]
     descriptions = args["segment_descriptions"]
     sources = args["source_images"]
-    fast = (transfer_syntax in (ExplicitVRLittleEndian,) and len(sources) == frames.shape[0]
+    fast = (transfer_syntax == ExplicitVRLittleEndian and len(sources) == frames.shape[0]
             and len({str(ds.SOPInstanceUID) for ds in sources}) == len(sources))
     if fast:
         union = hd.seg.Segmentation(**(args | {"pixel_array": (frames > 0).view(np.uint8),
@@ -212,7 +212,9 @@ def _arguments(volume: Volume, label_map: np.ndarray, labels: dict[int, str], *,
         valid = ", ".join(f"{ts.keyword} ({ts})" for ts in TRANSFER_SYNTAXES)
         raise InvalidArgumentError(f"transfer_syntax must be one of {valid}; got {transfer_syntax!r}")
     check_label_map(volume, label_map, labels)
-    present = present_labels(label_map, labels) if present is None else sorted(v for v in present if v > 0 and v in labels)
+    if present is None:
+        present = present_labels(label_map, labels)
+    present = sorted(v for v in present if v > 0 and v in labels)
     if not present:
         raise EmptySegmentationError(f"series {volume.SeriesInstanceUID}: model {model_name} "
                                      f"{model_version} found none of its labels {sorted(labels.values())}")
@@ -272,7 +274,8 @@ def _expand(union: Dataset, frames: np.ndarray, sources: list[Any], descriptions
     shared = (union.get("SharedFunctionalGroupsSequence") or [None])[0]
     # one segment: highdicom puts its SegmentIdentificationSequence in the shared groups; with
     # several, each frame's item has its own, the item's last element (tag 0062,000A sorts last)
-    if not items or shared is None or "SegmentIdentificationSequence" not in shared:
+    if (not items or shared is None or "SegmentIdentificationSequence" not in shared
+            or union["PerFrameFunctionalGroupsSequence"].is_undefined_length):
         return None
     plane_of = {str(ds.SOPInstanceUID): index for index, ds in enumerate(sources)}
     encoder = _SequenceEncoder(union.get("SpecificCharacterSet") or "iso8859")
@@ -297,8 +300,7 @@ def _expand(union: Dataset, frames: np.ndarray, sources: list[Any], descriptions
             identification.append(encoder.element(holder["SegmentIdentificationSequence"]))
     except (_Unsupported, KeyError, ValueError, AttributeError):
         return None
-    # which segment holds which plane: one histogram per plane
-    count = len(descriptions)
+    # which segment holds which plane
     holds = _segments_per_plane(frames, planes, count)
     # frames in highdicom's order: by segment, then by plane; 1-bit pixels packed as one stream
     # (frame by frame when a frame is a whole number of bytes, which is the same stream)
@@ -319,30 +321,18 @@ def _expand(union: Dataset, frames: np.ndarray, sources: list[Any], descriptions
     pixel_data = b"".join(packed) if aligned else np.packbits(np.stack(bits), bitorder="little").tobytes()
     if len(pixel_data) % 2:
         pixel_data += b"0"  # as highdicom pads
-    element = union["PerFrameFunctionalGroupsSequence"]
     joined = b"".join(body)
-    head = struct.pack("<HH2sHL", 0x5200, 0x9230, b"SQ", 0, 0xFFFFFFFF if element.is_undefined_length else len(joined))
-    sequence = head + joined + (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" if element.is_undefined_length else b"")
+    sequence = struct.pack("<HH2sHL", 0x5200, 0x9230, b"SQ", 0, len(joined)) + joined
     # the header: the full SEG's attributes, no per-frame items (they are in the bytes only)
     union.SegmentSequence = descriptions
     del shared.SegmentIdentificationSequence
     if "DimensionOrganizationType" in union:  # highdicom says 3D of one segment's frames only
         del union.DimensionOrganizationType
     union.NumberOfFrames = len(body)
-    element.value = []
     union.PixelData = pixel_data
-    from pydicom.filebase import DicomBytesIO
-
-    buffer = DicomBytesIO()
-    union.save_as(buffer, enforce_file_format=True)
-    data = buffer.getvalue()
+    data = _with_per_frame(union, sequence)
     del union.PixelData
-    placeholder = b"\x00\x52\x30\x92SQ\x00\x00\x00\x00\x00\x00"
-    at = data.find(placeholder)
-    end = data.find(_PIXEL_DATA, at)
-    if at < 0 or end < 0 or data.find(placeholder, at + 1, end) >= 0:
-        return None
-    return data[:at] + sequence + data[at + len(placeholder):]
+    return data
 
 
 def _segments_per_plane(frames: np.ndarray, planes: list[int], count: int) -> np.ndarray:
@@ -413,16 +403,29 @@ def encode(seg: Dataset) -> bytes:
     except _Unsupported:
         return plain()
     items = element.value
-    element.value = []
     try:
-        data = plain()
+        data = _with_per_frame(seg, encoded)
     finally:
         element.value = items
+    return plain() if data is None else data
+
+
+def _with_per_frame(ds: Dataset, encoded: bytes) -> bytes | None:
+    """``ds`` as a Part 10 file with ``encoded`` (the bytes of a PerFrameFunctionalGroupsSequence
+    element) in place of its per-frame items: pydicom writes the file with the sequence emptied, and
+    the bytes go where the empty sequence is. Leaves the sequence empty; None when the empty sequence
+    cannot be found once before Pixel Data."""
+    from pydicom.filebase import DicomBytesIO
+
+    ds[_PER_FRAME].value = []
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
     placeholder = b"\x00\x52\x30\x92SQ\x00\x00\x00\x00\x00\x00"
     at = data.find(placeholder)
     end = data.find(_PIXEL_DATA, at)
     if at < 0 or end < 0 or data.find(placeholder, at + 1, end) >= 0:
-        return plain()
+        return None
     return data[:at] + encoded + data[at + len(placeholder):]
 
 

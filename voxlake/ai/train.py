@@ -3,12 +3,13 @@
 
 The recipe, fixed by ``seed``: the last ``holdout`` cases (sorted by folder name) are held out; each
 training case is resampled once to the working spacing and kept in memory; an epoch draws
-``patches_per_case`` patches per training case on average, the cases drawn so that each contrast phase
-gets an equal share (a phase that chance made rare is not learnt less: native-phase kidneys, 32 HU
-against 170 with contrast, were missed when 3 of 16 cases were native), two in three patches centred on
-a voxel of a label drawn uniformly among the labels present (small organs get seen), the rest anywhere; Adam on Dice + cross
-entropy, its rate decayed along a cosine to 2% by the last step. Held-out cases are scored at their
-own resolution through the model's ``predict``, as users run it. Torch runs in deterministic mode while training, so a seed and a thread count give the same
+``patches_per_case`` patches per training case on average, the cases drawn so that each contrast
+phase gets an equal share (a phase that chance made rare is not learnt less: native-phase kidneys,
+32 HU against 170 with contrast, were missed when 3 of 16 cases were native); two in three patches
+are centred on a voxel of a label drawn uniformly among the labels present (small organs get seen),
+the rest anywhere; Adam on Dice + cross entropy, its rate decayed along a cosine to 2% by the last
+step. Held-out cases are scored at their own resolution through the model's ``predict``, as users
+run it. Torch runs in deterministic mode while training, so a seed and a thread count give the same
 weights.
 """
 
@@ -95,13 +96,15 @@ def train_phantom_organs(phantoms_dir: str | Path, *, registry: Registry, name: 
                          spacing: float = 3.0, patch: int = 64, batch_size: int = 2,
                          patches_per_case: int = 4, learning_rate: float = 2e-3,
                          channels: Sequence[int] = (16, 32, 64, 128), balance_phases: bool = True,
-                         device: str | None = None, progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, float]]:
+                         device: str | None = None,
+                         progress: Callable[[str], None] | None = None) -> tuple[str, dict[str, float]]:
     """Train, score on the held-out cases, register; returns (version, metrics).
 
     ``holdout``: how many cases (the last ones) are scored and never trained on; default a fifth, at
     least one. ``balance_phases``: draw training cases so that each contrast phase (``labels.json``)
-    gets an equal share of the patches. ``metrics`` has ``dice_<organ>`` (mean over held-out cases that hold the organ),
-    ``mean_dice`` (over organs), ``seconds_per_epoch``, ``final_loss`` (last epoch) and ``train_seconds``.
+    gets an equal share of the patches. ``metrics`` has ``dice_<organ>`` (mean over held-out cases
+    that hold the organ), ``mean_dice`` (over organs), ``seconds_per_epoch``, ``final_loss`` (last
+    epoch) and ``train_seconds``.
     The version gets the alias ``champion`` when the model has none yet. ``device``: a torch device,
     default CUDA when present, else the CPU (the saved weights load on either).
     """
