@@ -16,7 +16,7 @@ pytest.importorskip("highdicom")
 pytest.importorskip("nibabel")
 
 from voxlake.ai.outputs import record, record_error, write_nifti
-from voxlake.ai.seg import EmptySegmentationError, segment_code, segmentation
+from voxlake.ai.seg import EmptySegmentationError, segment_code, segmentation, segmentation_file
 from voxlake.ai.stats import segment_stats
 from voxlake.errors import InvalidArgumentError
 
@@ -395,7 +395,7 @@ def test_the_seg_file_is_byte_for_byte_the_one_highdicom_builds_frame_by_frame(c
                                                                                ct_series, tmp_path):
     """segmentation_file builds the SEG of the union of the segments and writes each segment's frames
     from its plane items: the bytes must be encode(segmentation(...))'s, whatever the data."""
-    from voxlake.ai.seg import encode, segmentation_file
+    from voxlake.ai.seg import encode
     from voxlake.ai.volume import volume_from_datasets
 
     names = case["names"]
@@ -436,6 +436,36 @@ def test_the_seg_file_is_byte_for_byte_the_one_highdicom_builds_frame_by_frame(c
     assert "PixelData" not in header and not header.PerFrameFunctionalGroupsSequence  # the fast path was taken
     read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
     assert read.NumberOfFrames == len(read.PerFrameFunctionalGroupsSequence) > 0
+
+
+def test_the_seg_of_a_volume_read_from_the_lakes_index_is_the_seg_of_the_files(monkeypatch, ct_series, tmp_path):
+    """load_series reads geometry from the index and parses one header; the SEG must not notice: on the
+    real CT its bytes are those of the SEG built from every file's pydicom header."""
+    import shutil
+
+    import voxlake
+    from voxlake.ai.tissue import CTTissueModel
+    from voxlake.ai.volume import load_series, volume_from_datasets
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    copies = [shutil.copy2(p, folder / p.name) for p in sorted(ct_series.glob("*.dcm"))[40:64]]
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(folder), workers=1)
+    [(uid,)] = lake.sql("SELECT DISTINCT SeriesInstanceUID FROM instances").fetchall()
+    indexed = load_series(lake, uid)
+    assert "PatientID" not in indexed.headers[1]  # the index path was taken
+    parsed = volume_from_datasets(pydicom.dcmread(p) for p in copies)
+    model = CTTissueModel()
+    label_map = model.predict(parsed)
+    reset = _frozen(monkeypatch)
+    options = {"model_name": MODEL, "model_version": VERSION, "series_instance_uid": "2.25.900",
+               "sop_instance_uid": "2.25.901"}
+    files = []
+    for volume in (indexed, parsed):
+        reset()
+        files.append(segmentation_file(volume, label_map, model.labels, **options)[1])
+    assert files[0] == files[1]
 
 
 @pytest.mark.parametrize("top", [0, 3, 15, 16, 40, 63, 64, 300])

@@ -313,3 +313,105 @@ def test_bits_above_bits_stored_are_ignored_as_pydicom_ignores_them(signed: bool
     ds.PixelData = np.array([0xF800, 0x07FF, 0xAFFF, 0x5000], "<u2").tobytes()
     assert _native_pixels(ds).ravel().tolist() == expected
     assert ds.pixel_array.ravel().tolist() == expected
+
+
+# -- from the lake's index ---------------------------------------------------------------------
+
+
+def _indexed(tmp_path: Path, files: list[Path]):
+    """The files copied into a folder of their own and ingested into a fresh lake: (lake, series, copies)."""
+    import shutil
+
+    import voxlake
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    copies = [Path(shutil.copy2(p, folder / p.name)) for p in files]
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(folder), workers=1)
+    [(uid,)] = lake.sql("SELECT DISTINCT SeriesInstanceUID FROM instances").fetchall()
+    return lake, uid, copies
+
+
+def _assert_same_volume(v, expected) -> None:
+    np.testing.assert_array_equal(v.array, expected.array)
+    assert v.sources == expected.sources
+    np.testing.assert_array_equal(v.affine, expected.affine)
+    assert v.spacing == expected.spacing
+    assert v.warnings == expected.warnings
+    assert (v.StudyInstanceUID, v.SeriesInstanceUID, v.Modality) == (
+        expected.StudyInstanceUID, expected.SeriesInstanceUID, expected.Modality)
+    referenced = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
+                  "FrameOfReferenceUID", "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient",
+                  "PixelSpacing", "SliceThickness")
+    for header, full in zip(v.headers, expected.headers, strict=True):
+        assert "PixelData" not in header
+        assert [header.get(k) for k in referenced] == [full.get(k) for k in referenced]
+
+
+def test_a_series_read_from_the_lakes_index_is_the_volume_pydicom_reads(tmp_path: Path, ct_series: Path):
+    """Geometry and rescale from the index, pixels from the indexed offsets, one header parsed: the
+    same volume, and every header holds what a SEG references of its source."""
+    import pydicom
+
+    from voxlake.ai.volume import load_series
+
+    lake, uid, copies = _indexed(tmp_path, sorted(ct_series.glob("*.dcm"))[30:54])
+    v = load_series(lake, uid)
+    _assert_same_volume(v, volume_from_datasets(pydicom.dcmread(p) for p in copies))
+    assert "PatientID" in v.headers[0]  # the first slice's whole header: a SEG copies patient and study
+    assert "PatientID" not in v.headers[1]  # the index was read, not the file
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_stored_bits_and_rescale_from_the_index_are_applied_as_pydicom_applies_them(tmp_path: Path, signed: bool):
+    """12 bits stored with garbage above them, a slope and an intercept, signed or not."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    from voxlake.ai.volume import load_series
+
+    rng = np.random.default_rng(3)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    files = []
+    for k in range(4):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.PatientID = "CT", "P1"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * (3 - k)], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 2.5
+        ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 6, 5, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, int(signed)
+        ds.RescaleSlope, ds.RescaleIntercept = 2, -5.5
+        ds.PixelData = rng.integers(0, 1 << 16, size=30, dtype="<u2").tobytes()  # high bits: garbage
+        path = tmp_path / "made" / f"{k}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    lake, uid, copies = _indexed(tmp_path, files)
+    v = load_series(lake, uid)
+    _assert_same_volume(v, volume_from_datasets(pydicom.dcmread(p) for p in copies))
+    assert "PatientID" not in v.headers[1]
+    assert (v.array.min() < -5.5) == signed
+
+
+def test_a_file_changed_since_it_was_indexed_is_read_as_it_is_now(tmp_path: Path, ct_series: Path):
+    """A file whose size or mtime is no longer the indexed one is not read at the indexed offset."""
+    import pydicom
+
+    from voxlake.ai.volume import load_series
+
+    lake, uid, copies = _indexed(tmp_path, sorted(ct_series.glob("*.dcm"))[30:36])
+    changed = pydicom.dcmread(copies[2])
+    changed.PixelData = (changed.pixel_array // 2).astype(changed.pixel_array.dtype).tobytes()
+    changed.ImageComments = "x" * 1000  # Pixel Data moves: the indexed offset is wrong now
+    changed.save_as(copies[2])
+    v = load_series(lake, uid)
+    _assert_same_volume(v, volume_from_datasets(pydicom.dcmread(p) for p in copies))
+    assert "PatientID" in v.headers[1]  # read with pydicom
