@@ -200,6 +200,32 @@ def segmentation_file(volume: Volume, label_map: np.ndarray, labels: dict[int, s
     return seg, encode(seg)
 
 
+def _cache_iod_lookups() -> None:
+    """Cache highdicom's ``is_attribute_in_iod``: it asks of every source image whether its SOP class
+    allows multiple frames, a walk through the standard's module tables each time (0.7 ms; 0.2 s for
+    300 sources), and the answer depends on the arguments only. Exceptions (an unknown SOP class)
+    are not cached."""
+    import functools
+
+    from highdicom import _standard_utils as standard
+
+    lookup = getattr(standard, "is_attribute_in_iod", None)
+    if lookup is None or getattr(lookup, "voxlake_cached", False):
+        return
+
+    @functools.lru_cache(maxsize=4096)
+    def cached(attribute: str, sop_class_uid: str, exclude: tuple[str, ...] | None) -> bool:
+        return lookup(attribute, sop_class_uid, None if exclude is None else list(exclude))
+
+    def is_attribute_in_iod(attribute: str, sop_class_uid: str,
+                            exclude_path_elements: Sequence[str] | None = None) -> bool:
+        return cached(attribute, str(sop_class_uid),
+                      None if exclude_path_elements is None else tuple(exclude_path_elements))
+
+    is_attribute_in_iod.voxlake_cached = True  # type: ignore[attr-defined]
+    standard.is_attribute_in_iod = is_attribute_in_iod
+
+
 def _arguments(volume: Volume, label_map: np.ndarray, labels: dict[int, str], *, model_name: str,
                model_version: str, series_number: int, transfer_syntax: str, algorithm_family: Code | None,
                series_instance_uid: str | None, sop_instance_uid: str | None,
@@ -208,6 +234,7 @@ def _arguments(volume: Volume, label_map: np.ndarray, labels: dict[int, str], *,
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    _cache_iod_lookups()
     if transfer_syntax not in TRANSFER_SYNTAXES:
         valid = ", ".join(f"{ts.keyword} ({ts})" for ts in TRANSFER_SYNTAXES)
         raise InvalidArgumentError(f"transfer_syntax must be one of {valid}; got {transfer_syntax!r}")

@@ -89,18 +89,18 @@ def _compute(lake: Lake, root: Any, series_instance_uid: str, model: Segmentatio
 
     from voxlake.ai.outputs import prepare
     from voxlake.ai.seg import values_present
-    from voxlake.ai.volume import load_series
+    from voxlake.ai.volume import load_series, series_index
 
     t0 = time.perf_counter()
+    index = series_index(lake, series_instance_uid)
     modalities = getattr(model, "modalities", ("CT",))
     if modalities:  # before reading any pixels
-        found = {r[0] for r in lake.connect().execute(
-            "SELECT DISTINCT Modality FROM instances WHERE SeriesInstanceUID = ?", [series_instance_uid]).fetchall()}
+        found = {r["Modality"] for r in index}
         if not found <= set(modalities):
             shown = ", ".join(sorted(str(m) for m in found)) or "not in the lake"
             raise InvalidArgumentError(f"series {series_instance_uid} is {shown}; model {model.name} segments "
                                        f"{', '.join(modalities)}")
-    volume = load_series(lake, series_instance_uid)
+    volume = load_series(lake, series_instance_uid, index=index)
     t1 = time.perf_counter()
     label_map = np.asarray(model.predict(volume))
     t2 = time.perf_counter()
