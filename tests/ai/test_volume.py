@@ -415,3 +415,23 @@ def test_a_file_changed_since_it_was_indexed_is_read_as_it_is_now(tmp_path: Path
     v = load_series(lake, uid)
     _assert_same_volume(v, volume_from_datasets(pydicom.dcmread(p) for p in copies))
     assert "PatientID" in v.headers[1]  # read with pydicom
+
+
+def test_the_index_gives_the_latest_version_of_a_re_ingested_instance(tmp_path: Path, ct_series: Path):
+    """A file changed and ingested again: its new row is read (at its new offset), its old one not."""
+    import pydicom
+
+    from voxlake.ai.volume import load_series, series_index
+
+    lake, uid, copies = _indexed(tmp_path, sorted(ct_series.glob("*.dcm"))[30:36])
+    changed = pydicom.dcmread(copies[2])
+    changed.PixelData = (changed.pixel_array // 2).astype(changed.pixel_array.dtype).tobytes()
+    changed.ImageComments = "x" * 1000
+    changed.save_as(copies[2])
+    lake.ingest(str(copies[2].parent), workers=1)
+    assert lake.sql(f"SELECT count(*) FROM instances_history WHERE SOPInstanceUID = '{changed.SOPInstanceUID}'"
+                    ).fetchall() == [(2,)]
+    assert len(series_index(lake, uid)) == 6
+    v = load_series(lake, uid)
+    _assert_same_volume(v, volume_from_datasets(pydicom.dcmread(p) for p in copies))
+    assert "PatientID" not in v.headers[1]  # the index path, with the new row
