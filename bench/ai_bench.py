@@ -131,7 +131,9 @@ def section(info: dict[str, Any], res: dict[str, Any]) -> str:
              "### Method", "",
              "- Each model's series is ingested into a fresh lake; `voxlake.ai.segment.segment_series(lake, series, "
              "model, meshes=False)` runs once to warm up, then "
-             f"{res['reps']} times: load (lake rows → volume, sorted and rescaled), predict (the model alone), record "
+             f"{res['reps']} times: load (the series read from the lake's index: geometry and rescale from its `instances` rows, "
+             "pixels from each file at its indexed offset, sorted and rescaled: `voxlake.ai.volume.load_series`), "
+             "predict (the model alone), record "
              "(DICOM SEG built with highdicom as the union of its segments, each segment's frames written from the plane items: "
              "`voxlake.ai.seg.segmentation_file`, byte for byte highdicom's own SEG; landed and ingested into the lake, "
              "`segment_stats` appended). Medians. "
@@ -179,7 +181,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--reps", type=int, default=3, help="timed runs per model (default 3)")
+    p.add_argument("--reps", type=int, default=5, help="timed runs per model (default 5)")
     p.add_argument("--holdout", type=int, default=10, help="held-out phantoms for Dice (default 10)")
     p.add_argument("--train-cases", type=int, default=24, help="phantoms to train on when there is no champion")
     p.add_argument("--epochs", type=int, default=50, help="epochs when training here (default 50)")
