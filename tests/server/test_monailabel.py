@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -246,10 +247,11 @@ def test_train(http, monkeypatch) -> None:
     assert r.status_code == 501 and "finetune_from_labels" in r.json()["reason"]
 
     calls = []
+    release = threading.Event()  # the task runs until the test has seen it refuse a second one
 
     def finetune_from_labels(lake: Any, registry: Any, model: str, **options: Any) -> Any:
         calls.append((model, options))
-        time.sleep(0.5)
+        release.wait(timeout=60)
         return types.SimpleNamespace(version="2", promoted=False,
                                      to_dict=lambda: {"model": model, "version": "2", "promoted": False})
 
@@ -264,6 +266,7 @@ def test_train(http, monkeypatch) -> None:
     assert task["status"] == "RUNNING" and task["request"]["models"] == ["organs"]
     assert http.get("/train/", params={"check_if_running": "true"}).status_code == 200  # Slicer's poll
     assert http.post("/train/organs").status_code == 429  # one at a time
+    release.set()
     status = http.get("/train/").json()
     while status["status"] == "RUNNING":
         time.sleep(0.1)
