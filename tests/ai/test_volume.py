@@ -435,3 +435,17 @@ def test_the_index_gives_the_latest_version_of_a_re_ingested_instance(tmp_path: 
     v = load_series(lake, uid)
     _assert_same_volume(v, volume_from_datasets(pydicom.dcmread(p) for p in copies))
     assert "PatientID" not in v.headers[1]  # the index path, with the new row
+
+
+@pytest.mark.parametrize(("column", "value"), [("RescaleSlope", "abc"), ("ImagePositionPatient", [0.0, None, 1.0]),
+                                               ("pixel_data_offset", None), ("has_meta", False),
+                                               ("TransferSyntaxUID", "1.2.840.10008.1.2.4.70")])
+def test_what_the_index_cannot_answer_is_left_to_pydicom(tmp_path: Path, ct_series: Path, column: str, value):
+    """A value the index holds but cannot be read from (or lacks) sends the series to the pydicom path."""
+    from voxlake.ai.volume import _from_index, series_index
+
+    lake, uid, _ = _indexed(tmp_path, sorted(ct_series.glob("*.dcm"))[30:33])
+    records = series_index(lake, uid)
+    assert _from_index(records, uid, 2) is not None
+    records[1] = records[1] | {column: value}
+    assert _from_index(records, uid, 2) is None

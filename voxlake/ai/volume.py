@@ -293,7 +293,8 @@ def _from_index(records: list[dict[str, Any]], series: str, workers: int) -> Vol
 
 
 def _directly_readable(r: dict[str, Any]) -> bool:
-    """Single-frame, uncompressed little endian, 16 bits, one sample, geometry and offsets indexed."""
+    """Single-frame, uncompressed little endian, 16 bits, one sample, geometry, rescale and offsets
+    indexed and readable (anything the index cannot answer is left to pydicom, which names it)."""
     try:
         return (bool(r["has_meta"]) and r["TransferSyntaxUID"] in _LITTLE_ENDIAN_NATIVE and r["BitsAllocated"] == 16
                 and int(r["NumberOfFrames"] or 1) == 1 and int(r["SamplesPerPixel"] or 1) == 1
@@ -301,7 +302,10 @@ def _directly_readable(r: dict[str, Any]) -> bool:
                 and r["pixel_data_offset"] is not None
                 and (r["pixel_data_length"] or 0) >= 2 * r["Rows"] * r["Columns"]
                 and len(r["ImagePositionPatient"] or ()) == 3 and len(r["ImageOrientationPatient"] or ()) == 6
-                and len(r["PixelSpacing"] or ()) == 2 and bool(r["SOPInstanceUID"]))
+                and len(r["PixelSpacing"] or ()) == 2 and bool(r["SOPInstanceUID"])
+                and all(v is not None for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+                        for v in r[key])
+                and math.isfinite(float(r["RescaleSlope"] or 1)) and math.isfinite(float(r["RescaleIntercept"] or 0)))
     except (TypeError, ValueError):
         return False
 
