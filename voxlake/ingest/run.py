@@ -44,16 +44,18 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
-def committed_states(lake: Any) -> set[tuple[str, int, int]]:
+def committed_states(lake: Any, uris: list[str] | None = None) -> set[tuple[str, int, int]]:
     """(uri, size, mtime µs) of every unit a committed run of ``lake`` (a Lake or its URI) has
     read, except those whose reading failed (status ``retry``: I/O, network, credentials), which
-    every run tries again."""
+    every run tries again. Only those of ``uris`` when given: a run of a few files into a big lake
+    then builds no set of every file (at a million files, 4 s)."""
     import pyarrow.compute as pc
 
     from voxlake.lake.tables import read_columns
 
     lake_uri = lake if isinstance(lake, str) else lake.uri
-    files = read_columns(lake_uri, "ingest_files", ["uri", "size", "mtime", "status", "run_id"])
+    where = None if uris is None else pc.field("uri").isin(uris)
+    files = read_columns(lake_uri, "ingest_files", ["uri", "size", "mtime", "status", "run_id"], where)
     if files.num_rows == 0:
         return set()
     runs = read_columns(lake_uri, "ingest_runs", ["run_id"]).column("run_id")
@@ -144,7 +146,7 @@ def ingest_units(
 
 
 def _new_units(lake_uri: str, units: list[Unit]) -> list[Unit]:
-    done = committed_states(lake_uri)
+    done = committed_states(lake_uri, [u.uri for u in units])
     return [u for u in units if (u.uri, u.size, u.mtime) not in done]
 
 

@@ -107,52 +107,73 @@ def extra_tables(lake_uri: str) -> list[str]:
     return sorted(n for n in names if fs.exists(storage.join(root, n, "_delta_log")))
 
 
-def connect(lake_uri: str) -> Any:
-    """A DuckDB connection with the lake's tables (current versions), views and macros."""
-    import duckdb
+def open_tables(lake_uri: str) -> dict[str, Any]:
+    """Every Delta table of the lake at its current version, by name: the core ones, then the
+    others (``segment_stats``, ...). A missing core table raises ``deltalake``'s error."""
     from deltalake import DeltaTable
 
-    con = duckdb.connect()
-    con.create_function("dicom_path", dicom_path, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"), side_effects=False)
     opts = storage.delta_storage_options(lake_uri)
-    local = storage.is_local(lake_uri)
+    names = list(RAW_NAMES) + extra_tables(lake_uri)
+    return {name: DeltaTable(storage.join(lake_uri, name), storage_options=opts) for name in names}
+
+
+def connect(lake_uri: str, tables: dict[str, Any] | None = None) -> Any:
+    """A DuckDB connection with the lake's tables (``tables`` from :func:`open_tables`, by default
+    the current versions), views and macros."""
+    import duckdb
+
+    con = duckdb.connect()
+    # Delta's Parquet files never change once written, so their footers can be cached for the life
+    # of the connection: a query (and a refresh) then reads only the footers of new files.
+    con.execute("SET parquet_metadata_cache = true")
+    con.create_function("dicom_path", dicom_path, [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"), side_effects=False)
+    tables = open_tables(lake_uri) if tables is None else tables
     for table, raw in RAW_NAMES.items():
-        dt = DeltaTable(storage.join(lake_uri, table), storage_options=opts)
-        files = dt.file_uris()
-        if not files:
-            con.register(raw, schema.TABLES[table].empty_table())
-        elif local:
-            # Files written before a column was appended lack it: the empty table of the current
-            # schema first gives every column (NULL where a file lacks it) in schema order.
-            con.register(f"{raw}_schema", schema.TABLES[table].empty_table())
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(
-                f"CREATE VIEW {raw} AS SELECT * FROM {raw}_schema UNION ALL BY NAME "
-                f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
-            )
-        else:
-            con.register(raw, dataset(lake_uri, files, schema.TABLES[table]))
+        _bind(con, lake_uri, raw, tables[table], schema.TABLES[table])
     for name, select in view_definitions("duckdb"):
         con.execute(f"CREATE VIEW {name} AS {select}")
-    taken = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    for name in extra_tables(lake_uri):
-        if name in taken:
-            continue
-        dt = DeltaTable(storage.join(lake_uri, name), storage_options=opts)
-        files = dt.file_uris()
-        arrow_schema = pa.schema(dt.schema().to_arrow())
-        if not files:
-            con.register(name, arrow_schema.empty_table())
-        elif local:
-            con.register(f"_{name}_schema", arrow_schema.empty_table())
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_schema UNION ALL BY NAME "
-                        f"SELECT * FROM read_parquet([{listing}], union_by_name = true)")
-        else:
-            con.register(name, dataset(lake_uri, files, arrow_schema))
+    _bind_extra(con, lake_uri, {n: dt for n, dt in tables.items() if n not in RAW_NAMES})
     for macro in _MACROS:
         con.execute(macro)
     return con
+
+
+def refresh(con: Any, lake_uri: str, changed: dict[str, Any]) -> None:
+    """Bind the ``changed`` tables (name → DeltaTable at its new version) on a connection from
+    :func:`connect`. The views over them resolve their names at query time, so only the tables are
+    re-bound; a commit that touched one table does not cost a new connection."""
+    for table, raw in RAW_NAMES.items():
+        if table in changed:
+            _bind(con, lake_uri, raw, changed[table], schema.TABLES[table])
+    _bind_extra(con, lake_uri, {n: dt for n, dt in changed.items() if n not in RAW_NAMES})
+
+
+def _bind_extra(con: Any, lake_uri: str, tables: dict[str, Any]) -> None:
+    """Bind the lake's other tables under their own names, except where the lake's views have them."""
+    taken = set(RAW_NAMES.values()) | {name for name, _select in view_definitions("duckdb")}
+    for name, dt in tables.items():
+        if name not in taken:
+            _bind(con, lake_uri, name, dt, pa.schema(dt.schema().to_arrow()))
+
+
+def _bind(con: Any, lake_uri: str, name: str, dt: Any, table_schema: pa.Schema) -> None:
+    """Make ``name`` read the files of ``dt``, replacing what it read before."""
+    files = dt.file_uris()
+    con.unregister(name)
+    con.execute(f"DROP VIEW IF EXISTS {name}")
+    if not files:
+        con.register(name, table_schema.empty_table())
+    elif storage.is_local(lake_uri):
+        # Files written before a column was appended lack it: the empty table of the current
+        # schema first gives every column (NULL where a file lacks it) in schema order.
+        con.register(f"_{name}_schema", table_schema.empty_table())
+        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.execute(
+            f"CREATE VIEW {name} AS SELECT * FROM _{name}_schema UNION ALL BY NAME "
+            f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
+        )
+    else:
+        con.register(name, dataset(lake_uri, files, table_schema))
 
 
 _NOISE = re.compile(r"^.*?Python exception occurred while executing the UDF: \w+: ")

@@ -34,10 +34,11 @@ def dataset(lake_uri: str, files: list[str], table_schema: pa.Schema) -> Any:
     return pds.dataset(paths, schema=table_schema, format="parquet", filesystem=fs)
 
 
-def read_columns(lake_uri: str, table: str, columns: list[str]) -> pa.Table:
-    """Some columns of a table at its current version (all rows, committed or not)."""
+def read_columns(lake_uri: str, table: str, columns: list[str], where: Any = None) -> pa.Table:
+    """Some columns of a table at its current version (all rows, committed or not), only the rows
+    that match ``where`` (a ``pyarrow.compute`` expression) when one is given."""
     files = live_files(lake_uri, table)
     table_schema = schema.TABLES[table]
     if not files:
         return table_schema.empty_table().select(columns)
-    return dataset(lake_uri, files, table_schema).to_table(columns=columns)
+    return dataset(lake_uri, files, table_schema).to_table(columns=columns, filter=where)
