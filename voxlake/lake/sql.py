@@ -157,23 +157,27 @@ def _bind_extra(con: Any, lake_uri: str, tables: dict[str, Any]) -> None:
 
 
 def _bind(con: Any, lake_uri: str, name: str, dt: Any, table_schema: pa.Schema) -> None:
-    """Make ``name`` read the files of ``dt``, replacing what it read before."""
+    """Make ``name`` read the files of ``dt``, replacing what it read before. A query of another
+    thread never finds the name missing: the new binding is in place before the old one goes (a
+    registered object shadows a view of the same name)."""
     files = dt.file_uris()
-    con.unregister(name)
-    con.execute(f"DROP VIEW IF EXISTS {name}")
-    if not files:
-        con.register(name, table_schema.empty_table())
-    elif storage.is_local(lake_uri):
+    if files and storage.is_local(lake_uri):
         # Files written before a column was appended lack it: the empty table of the current
         # schema first gives every column (NULL where a file lacks it) in schema order.
         con.register(f"_{name}_schema", table_schema.empty_table())
         listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
         con.execute(
-            f"CREATE VIEW {name} AS SELECT * FROM _{name}_schema UNION ALL BY NAME "
-            f"SELECT * FROM read_parquet([{listing}], union_by_name = true)"
+            f"CREATE OR REPLACE VIEW {_database(con)}.main.{name} AS SELECT * FROM _{name}_schema "
+            f"UNION ALL BY NAME SELECT * FROM read_parquet([{listing}], union_by_name = true)"
         )
+        con.unregister(name)
     else:
-        con.register(name, dataset(lake_uri, files, table_schema))
+        con.register(name, dataset(lake_uri, files, table_schema) if files else table_schema.empty_table())
+        con.execute(f"DROP VIEW IF EXISTS {_database(con)}.main.{name}")
+
+
+def _database(con: Any) -> str:
+    return con.execute("SELECT current_database()").fetchone()[0]
 
 
 _NOISE = re.compile(r"^.*?Python exception occurred while executing the UDF: \w+: ")
