@@ -282,12 +282,14 @@ def _from_index(records: list[dict[str, Any]], series: str, workers: int) -> Vol
         _rescale(plane, f, array[k])
         return True
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(frames)))) as pool:  # I/O and numpy: no GIL
-        if not all(pool.map(read, range(len(frames)))):
-            return None
     first = records[frames[0].dataset]
-    headers = [_read(first["uri"], series, stop_before_pixels=True)]
-    headers += [_reference(records[f.dataset], series) for f in frames[1:]]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(frames)))) as pool:  # I/O and numpy: no GIL
+        done = pool.map(read, range(len(frames)))
+        # the headers while the pixels are read
+        headers = [_read(first["uri"], series, stop_before_pixels=True)]
+        headers += [_reference(records[f.dataset], series) for f in frames[1:]]
+        if not all(done):
+            return None
     return _volume(array, frames, positions, slice_spacing, headers, str(first["StudyInstanceUID"] or ""), series,
                    str(first["Modality"] or ""), warnings)
 
