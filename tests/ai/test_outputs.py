@@ -280,9 +280,13 @@ def _oblique_affine(rng):
     return affine
 
 
+@pytest.mark.parametrize("threads", [0, 3])  # 3: the slabs shared by three threads at once
 @pytest.mark.parametrize("columns", [17, 16])  # 16: a power of two, a shift instead of a division
 @pytest.mark.parametrize("slab", [1 << 20, 50, 1])
-def test_stats_equal_a_straightforward_numpy_reference_on_an_oblique_random_volume(slab, columns, monkeypatch):
+def test_stats_equal_a_straightforward_numpy_reference_on_an_oblique_random_volume(slab, columns, threads,
+                                                                                  monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
     from voxlake.ai import stats
 
     monkeypatch.setattr(stats, "SLAB_VOXELS", slab)  # one slab, several slices per slab, one slice per slab
@@ -295,7 +299,13 @@ def test_stats_equal_a_straightforward_numpy_reference_on_an_oblique_random_volu
     array = rng.normal(-300, 400, size=shape).astype(np.float32)
     affine = _oblique_affine(rng)
     names = {1: "body", 2: "lung", 5: "bone", 7: "fat", 9: "muscle"}  # 9 absent
-    rows = segment_stats(_volume(array, affine), labels_map, names, model_name=MODEL, model_version=VERSION)
+    sums = None
+    if threads:
+        sums = stats.LabelSums(labels_map, array, max(names))
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda _: sums.work(), range(threads)))
+    rows = segment_stats(_volume(array, affine), labels_map, names, model_name=MODEL, model_version=VERSION,
+                         sums=sums)
     assert [r["label_value"] for r in rows] == [1, 2, 5, 7]
     assert [r["SegmentNumber"] for r in rows] == [1, 2, 3, 4]
     for row in rows:

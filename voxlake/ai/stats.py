@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,13 +16,13 @@ from voxlake.ai.seg import check_label_map
 if TYPE_CHECKING:
     from voxlake.ai.volume import Volume
 
-__all__ = ["segment_stats"]
+__all__ = ["LabelSums", "segment_stats"]
 
 
 def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str], *, model_name: str,
                   model_version: str, seg_sop_instance_uid: str | None = None,
                   seg_series_instance_uid: str | None = None, run_id: str | None = None,
-                  segment_numbers: dict[int, int] | None = None) -> list[dict[str, Any]]:
+                  segment_numbers: dict[int, int] | None = None, sums: LabelSums | None = None) -> list[dict[str, Any]]:
     """One row per label present in ``label_map``, in label order.
 
     ``mean_hu`` / ``std_hu`` are of ``volume.array`` (HU for CT; population standard deviation)
@@ -27,10 +30,14 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
     those voxels' centres (the box's 8 corners through the affine, so oblique volumes are right);
     ``centroid_mm`` is the mean voxel centre. ``segment_numbers`` maps a label value to its SEG
     segment number (default: 1, 2, … in label order, as :func:`voxlake.ai.seg.segmentation` numbers).
+    ``sums``: a :class:`LabelSums` of this label map and volume whose work is done.
     """
     check_label_map(volume, label_map, labels)
-    size = max(max(labels, default=0), int(label_map.max(initial=0))) + 1
-    per_slice, per_row, per_column, sums, squares = _label_sums(label_map, volume.array, size)
+    if sums is None:
+        sums = LabelSums(label_map, volume.array, max(labels, default=0))
+        sums.work()
+    per_slice, per_row, per_column, sums, squares = sums.result()
+    size = len(sums)
     counts = per_slice.sum(axis=0)
     slice_sums = (per_slice * np.arange(per_slice.shape[0])[:, None]).sum(axis=0)
     row_sums = (per_row * np.arange(per_row.shape[0])[:, None]).sum(axis=0)
@@ -75,27 +82,60 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
     return rows
 
 
-#: Voxels per slab in :func:`_label_sums`: a few slices at a time, so the temporaries (the indices of
+#: Voxels per slab of :class:`LabelSums`: a few slices at a time, so the temporaries (the indices of
 #: the labelled voxels and their HU in float64) stay in cache instead of spanning the whole volume.
 SLAB_VOXELS = 1 << 20
 
 
-def _label_sums(label_map: np.ndarray, array: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
-    """Per label value (0 .. ``size`` - 1) of ``label_map``: voxel counts per slice, per row and per
-    column (shapes (slices, size), (rows, size), (columns, size)), and the float64 sums of ``array``
-    and of its square. Background (0) is left out of all of them (its entries stay 0).
+class LabelSums:
+    """Per label value (0 .. the largest of ``top`` and the map's values) of ``label_map``: voxel
+    counts per slice, per row and per column (shapes (slices, size), (rows, size), (columns, size)),
+    and the float64 sums of ``array`` and of its square. Background (0) is left out of all of them
+    (its entries stay 0).
 
-    Slabs of a few slices; in each, only the labelled voxels: their flat indices give slice, row and
-    column, and two integer histograms of ``label + size * position`` count them per (slice, row)
-    and per column: exact integers, from which the centroid sums and the bounding boxes follow."""
+    Computed a slab of a few slices at a time by :meth:`work`, which any number of threads may call
+    at once: each takes the next slab until none is left. numpy releases the GIL, so a thread that
+    has finished other work (the SEG) helps with the slabs that are left instead of waiting."""
+
+    def __init__(self, label_map: np.ndarray, array: np.ndarray, top: int) -> None:
+        self.label_map, self.array = label_map, array
+        self.size = max(top, int(label_map.max(initial=0))) + 1
+        _, n_rows, n_columns = label_map.shape
+        self.step = max(1, min(SLAB_VOXELS // max(n_rows * n_columns, 1), SLAB_VOXELS // max(n_rows * self.size, 1)))
+        self._slabs = itertools.count()  # next() is atomic: each slab is taken once
+        self._parts: list[tuple[np.ndarray, ...]] = []
+        self._lock = threading.Lock()
+
+    def work(self) -> None:
+        """Take slabs until none is left; add their sums to the result."""
+        part = _label_sums(self.label_map, self.array, self.size, self.step, self._slabs)
+        with self._lock:
+            self._parts.append(part)
+
+    def result(self) -> tuple[np.ndarray, ...]:
+        """(per_slice, per_row, per_column, sums, squares), once every :meth:`work` has returned."""
+        with self._lock:
+            if not self._parts:
+                raise RuntimeError("LabelSums.result() before any work()")
+            first, *rest = self._parts
+            return tuple(sum((part[i] for part in rest), start=first[i]) for i in range(len(first)))
+
+
+def _label_sums(label_map: np.ndarray, array: np.ndarray, size: int, step: int,
+                slabs: Iterator[int]) -> tuple[np.ndarray, ...]:
+    """The sums of :class:`LabelSums` over the slabs (``step`` slices from ``step`` times a number
+    taken from ``slabs``) this call takes.
+
+    In each slab, only the labelled voxels: their flat indices give slice, row and column, and two
+    integer histograms of ``label + size * position`` count them per (slice, row) and per column:
+    exact integers, from which the centroid sums and the bounding boxes follow."""
     n_slices, n_rows, n_columns = label_map.shape
     per_slice = np.zeros((n_slices, size), np.int64)
     per_row = np.zeros((n_rows, size), np.int64)
     per_column = np.zeros((n_columns, size), np.int64)
     sums, squares = np.zeros(size), np.zeros(size)
-    step = max(1, min(SLAB_VOXELS // max(n_rows * n_columns, 1), SLAB_VOXELS // max(n_rows * size, 1)))
     shift = n_columns.bit_length() - 1 if n_columns & (n_columns - 1) == 0 else None
-    for k0 in range(0, n_slices, step):
+    while (k0 := next(slabs) * step) < n_slices:
         k1 = min(n_slices, k0 + step)
         flat = label_map[k0:k1].reshape(-1)
         where = np.flatnonzero(flat != 0)
