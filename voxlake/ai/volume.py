@@ -209,9 +209,10 @@ def _json_value(tag: str) -> str:
 #: header as DICOM JSON) what has no column. The rows are those of the ``instances`` view (the
 #: latest version of each instance) in the series, found without that view: its window ranks every
 #: row of the lake, which at 100,000 instances costs seconds once ``meta`` is read; here only the
-#: series' rows are read whole, and the other versions of its instances by key.
+#: series' rows are read whole (once: the CTE is materialized, not inlined into both uses), and the
+#: other versions of its instances by key.
 _INDEX_QUERY = f"""
-WITH mine AS (SELECT * FROM instances_history WHERE SeriesInstanceUID = $1),
+WITH mine AS MATERIALIZED (SELECT * FROM instances_history WHERE SeriesInstanceUID = $1),
      versions AS (SELECT coalesce(SOPInstanceUID, uri) AS k, indexed_at, uri FROM instances_history
                   WHERE coalesce(SOPInstanceUID, uri) IN (SELECT coalesce(SOPInstanceUID, uri) FROM mine))
 SELECT uri, size, epoch_us(mtime) AS mtime_us, meta IS NOT NULL AS has_meta, SOPInstanceUID, SOPClassUID,
