@@ -56,3 +56,25 @@ def test_a_closed_lake_connects_again(tmp_path, ct_series):
     lake.close()
     assert lake.connect() is not con
     assert _counts(lake) == (1, 0, 1)
+
+
+def test_a_table_whose_first_commit_is_being_written_is_left_out_until_it_has_one(tmp_path, ct_series):
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(sorted(ct_series.iterdir())[0]), workers=0)
+    (tmp_path / "lake" / "segment_stats" / "_delta_log").mkdir(parents=True)  # another writer creating it
+    assert _counts(lake) == (1, 0, 1)
+    tables = {r[0] for r in lake.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert "segment_stats" not in tables
+    write_deltalake(str(tmp_path / "lake" / "segment_stats"), pa.table({"label": ["body"]}))
+    assert lake.sql("SELECT label FROM segment_stats").fetchall() == [("body",)]
+
+
+def test_a_lake_without_its_tables_is_one_clear_error(tmp_path):
+    import pytest
+
+    lake = voxlake.open(str(tmp_path / "nothing"))
+    with pytest.raises(voxlake.LakeNotFoundError, match="table instances is missing"):
+        lake.sql("SELECT 1")
+    (tmp_path / "nothing" / "instances" / "_delta_log").mkdir(parents=True)  # a first ingest under way
+    with pytest.raises(voxlake.LakeNotFoundError, match="table instances is missing"):
+        lake.sql("SELECT 1")

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from voxlake.dicom.parser import DEFAULT_BULK_THRESHOLD
-from voxlake.errors import InvalidArgumentError
 from voxlake.ingest.engines import ChunkResult, Engine
 from voxlake.ingest.sources import Unit, list_units
 from voxlake.ingest.transform import TransformOptions
@@ -80,11 +79,9 @@ def ingest_units(
     on_start: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkResult], None] | None = None,
 ) -> IngestSummary:
-    """Index the units not yet in the lake as one atomic run; with ``mode="full"``, every unit
-    (for units known to be new, such as a file just landed under a new name: a big lake's
-    ``ingest_files`` is then not read)."""
-    if mode not in ("incremental", "full"):
-        raise InvalidArgumentError(f"mode must be 'incremental' or 'full', not {mode!r}")
+    """Index the units not yet in the lake as one atomic run. ``mode`` is recorded with the run;
+    ``"full"`` indexes every unit without comparing (for units known to be new, such as a file just
+    landed under a new name: a big lake's ``ingest_files`` is then not read)."""
     engine = Engine.parse(engine)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -94,7 +91,7 @@ def ingest_units(
     )
     if engine is Engine.SPARK:
         ensure_tables(lake.uri)
-        todo = _new_units(lake.uri, units) if mode == "incremental" else units
+        todo = units if mode == "full" else _new_units(lake.uri, units)
         if on_start:
             on_start(len(todo))
         from voxlake.ingest.engines.spark import run_spark
@@ -107,7 +104,7 @@ def ingest_units(
         # The workers start while the driver creates tables and compares the source with the lake.
         with LocalEngine(workers) as local:
             ensure_tables(lake.uri)
-            todo = _new_units(lake.uri, units) if mode == "incremental" else units
+            todo = units if mode == "full" else _new_units(lake.uri, units)
             if on_start:
                 on_start(len(todo))
             results = local.run(todo, options, lake.uri, progress=on_chunk)

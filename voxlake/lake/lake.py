@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from voxlake.errors import LakeNotFoundError
 from voxlake.lake import storage
 
 if TYPE_CHECKING:
@@ -51,21 +50,9 @@ class Lake:
 
     def versions(self) -> dict[str, int]:
         """The current Delta version of each table."""
-        from deltalake import DeltaTable
+        from voxlake.lake.sql import open_tables
 
-        from voxlake.lake.schema import TABLES
-
-        opts = storage.delta_storage_options(self.uri)
-        out = {}
-        for name in TABLES:
-            try:
-                out[name] = DeltaTable(storage.join(self.uri, name), storage_options=opts).version()
-            except Exception as exc:
-                raise LakeNotFoundError(
-                    f"{self.uri}: no voxlake lake here (table {name} is missing); "
-                    f"run 'voxlake ingest SOURCE --lake {self.uri}' first"
-                ) from exc
-        return out
+        return {name: dt.version() for name, dt in open_tables(self.uri, extra=False).items()}
 
     # -- ingest ------------------------------------------------------------------------------
 
@@ -120,11 +107,7 @@ class Lake:
         changed are bound again (on a 100,000-instance lake a new connection costs a second)."""
         from voxlake.lake import sql
 
-        try:
-            tables = sql.open_tables(self.uri)
-        except Exception:
-            self.versions()  # a missing core table: LakeNotFoundError naming it
-            raise
+        tables = sql.open_tables(self.uri)
         # The table's id too: a lake deleted and created again starts its versions anew.
         versions = {name: (dt.metadata().id, dt.version()) for name, dt in tables.items()}
         if self._con is None or not set(self._bound) <= set(versions):

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from voxlake.dicom.vr import tag_for_keyword
-from voxlake.errors import InvalidArgumentError, QueryError
+from voxlake.errors import InvalidArgumentError, LakeNotFoundError, QueryError
 from voxlake.lake import schema, storage
 from voxlake.lake.tables import dataset
 from voxlake.lake.views import view_definitions
@@ -107,14 +107,30 @@ def extra_tables(lake_uri: str) -> list[str]:
     return sorted(n for n in names if fs.exists(storage.join(root, n, "_delta_log")))
 
 
-def open_tables(lake_uri: str) -> dict[str, Any]:
-    """Every Delta table of the lake at its current version, by name: the core ones, then the
-    others (``segment_stats``, ...). A missing core table raises ``deltalake``'s error."""
+def open_tables(lake_uri: str, *, extra: bool = True) -> dict[str, Any]:
+    """The lake's Delta tables at their current versions, by name: the core ones, then (``extra``)
+    the others (``segment_stats``, ...). A core table that cannot be opened raises
+    :class:`LakeNotFoundError` naming it; another table whose first commit is still being written
+    is left out until it has one."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
 
     opts = storage.delta_storage_options(lake_uri)
-    names = list(RAW_NAMES) + extra_tables(lake_uri)
-    return {name: DeltaTable(storage.join(lake_uri, name), storage_options=opts) for name in names}
+    tables = {}
+    for name in RAW_NAMES:
+        try:
+            tables[name] = DeltaTable(storage.join(lake_uri, name), storage_options=opts)
+        except Exception as exc:
+            raise LakeNotFoundError(
+                f"{lake_uri}: no voxlake lake here (table {name} is missing); "
+                f"run 'voxlake ingest SOURCE --lake {lake_uri}' first"
+            ) from exc
+    for name in extra_tables(lake_uri) if extra else []:
+        try:
+            tables[name] = DeltaTable(storage.join(lake_uri, name), storage_options=opts)
+        except TableNotFoundError:
+            continue
+    return tables
 
 
 def connect(lake_uri: str, tables: dict[str, Any] | None = None) -> Any:
