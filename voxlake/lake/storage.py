@@ -49,6 +49,34 @@ def filesystem(uri: str) -> Any:
     return fsspec.filesystem(protocol)
 
 
+def arrow_filesystem(uri: str) -> Any:
+    """A pyarrow filesystem for reading the lake's Parquet files: the native S3 one for s3:// (its
+    I/O threads never call back into Python), fsspec's through pyarrow's handler otherwise.
+
+    Why: DuckDB 2.0 starts a scan of a pyarrow dataset while holding the GIL, and a dataset over a
+    Python filesystem reads in threads that need the GIL: a query over an object-store lake could
+    hang (seen once in CI)."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    protocol = uri.split("://", 1)[0]
+    if protocol in ("s3", "s3a"):
+        from urllib.parse import urlparse
+
+        from pyarrow.fs import S3FileSystem
+
+        kwargs: dict[str, Any] = {}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs["endpoint_override"] = parsed.netloc or parsed.path
+            kwargs["scheme"] = parsed.scheme or "https"
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            kwargs["region"] = region
+        return S3FileSystem(**kwargs)  # credentials: the AWS SDK's chain (environment first)
+    return PyFileSystem(FSSpecHandler(filesystem(uri)))
+
+
 def delta_storage_options(uri: str) -> dict[str, str]:
     """Options for delta-rs. For S3 without a DynamoDB lock, commits use delta-rs's
     unsafe-rename mode unless ``AWS_S3_LOCKING_PROVIDER`` or conditional put is configured:

@@ -22,16 +22,13 @@ def live_files(lake_uri: str, table: str) -> list[str]:
 
 
 def dataset(lake_uri: str, files: list[str], table_schema: pa.Schema) -> Any:
-    """A pyarrow dataset over exactly these files (read through fsspec for object stores)."""
+    """A pyarrow dataset over exactly these files (object stores through :func:`storage.arrow_filesystem`)."""
     import pyarrow.dataset as pds
 
     if storage.is_local(lake_uri):
         return pds.dataset(files, schema=table_schema, format="parquet")
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs = PyFileSystem(FSSpecHandler(storage.filesystem(lake_uri)))
     paths = [f.split("://", 1)[1] if "://" in f else f for f in files]
-    return pds.dataset(paths, schema=table_schema, format="parquet", filesystem=fs)
+    return pds.dataset(paths, schema=table_schema, format="parquet", filesystem=storage.arrow_filesystem(lake_uri))
 
 
 def read_columns(lake_uri: str, table: str, columns: list[str], where: Any = None) -> pa.Table:
