@@ -104,7 +104,7 @@ class Lake:
         """A DuckDB connection with the lake's views and macros, at the current versions.
 
         One connection serves the lake object's life: after a commit only the tables whose version
-        changed are bound again (on a 100,000-instance lake a new connection costs a second)."""
+        changed are bound again (on a 100,000-instance lake a new connection costs 0.3–1 s, a refresh 0.05 s)."""
         from voxlake.lake import sql
 
         tables = sql.open_tables(self.uri)
