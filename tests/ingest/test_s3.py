@@ -271,3 +271,21 @@ def test_s3_missing_lake_and_source(s3: str) -> None:
     with pytest.raises(voxlake.SourceError):
         voxlake.open(f"s3://{LAKE_BUCKET}/lakes/none").ingest(f"s3://{SRC_BUCKET}/no/such/prefix")
     assert not voxlake.open(f"s3://{LAKE_BUCKET}/lakes/none").exists()
+
+
+def test_an_s3_lake_is_read_through_pyarrows_native_filesystem(monkeypatch) -> None:
+    """Not through fsspec in pyarrow's Python handler: DuckDB starts a scan of such a dataset while
+    holding the GIL, and its reading threads need the GIL (a query hung so in CI)."""
+    from pyarrow.fs import S3FileSystem
+
+    from voxlake.lake import storage
+    from voxlake.lake.tables import dataset
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    fs = storage.arrow_filesystem("s3://bucket/lake")
+    assert isinstance(fs, S3FileSystem) and fs.region == "eu-west-1"
+    import pyarrow as pa
+
+    ds = dataset("s3://bucket/lake", [], pa.schema([("x", pa.int64())]))
+    assert isinstance(ds.filesystem, S3FileSystem)

@@ -146,7 +146,7 @@ def prepare(lake_root: str | Path, volume: Volume, label_map: np.ndarray, labels
                                       present=present, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
                                       **options)
         timings["seg"] = time.perf_counter() - t0
-        if sums is not None and future is not None:
+        if sums is not None and future is not None:  # one is None when the other is
             sums.work()
             future.result()
             stats = segment_stats(volume, label_map, labels, model_name=model_name, model_version=model_version,

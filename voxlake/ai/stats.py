@@ -36,8 +36,8 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
     if sums is None:
         sums = LabelSums(label_map, volume.array, max(labels, default=0))
         sums.work()
-    per_slice, per_row, per_column, sums, squares = sums.result()
-    size = len(sums)
+    per_slice, per_row, per_column, hu_sums, squares = sums.result()
+    size = len(hu_sums)
     counts = per_slice.sum(axis=0)
     slice_sums = (per_slice * np.arange(per_slice.shape[0])[:, None]).sum(axis=0)
     row_sums = (per_row * np.arange(per_row.shape[0])[:, None]).sum(axis=0)
@@ -49,7 +49,7 @@ def segment_stats(volume: Volume, label_map: np.ndarray, labels: dict[int, str],
     rows = []
     for value in present:
         n = int(counts[value])
-        mean = sums[value] / n
+        mean = hu_sums[value] / n
         var = max(squares[value] / n - mean * mean, 0.0)
         extents = [_extent(per_axis[:, value]) for per_axis in (per_slice, per_row, per_column)]
         lo = [first for first, _ in extents]

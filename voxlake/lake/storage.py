@@ -71,6 +71,14 @@ def arrow_filesystem(uri: str) -> Any:
             kwargs["endpoint_override"] = parsed.netloc or parsed.path
             kwargs["scheme"] = parsed.scheme or "https"
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if not region and not endpoint:
+            # s3fs finds a bucket's region by itself; pyarrow's filesystem must be told it
+            from pyarrow.fs import resolve_s3_region
+
+            try:
+                region = resolve_s3_region(uri.split("://", 1)[1].split("/", 1)[0])
+            except OSError:
+                region = None  # unreachable now: the read reports it
         if region:
             kwargs["region"] = region
         return S3FileSystem(**kwargs)  # credentials: the AWS SDK's chain (environment first)
