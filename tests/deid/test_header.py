@@ -132,7 +132,7 @@ def test_modified_dates_keep_intervals_within_a_patient():
 def test_basic_profile_without_date_options_empties_dates():
     out = run(_ct()).dataset
     assert out.StudyDate == "" and out.StudyTime == ""  # Z
-    assert out.AcquisitionDateTime == "19000101000000"  # X/Z/D, Type unknown: a dummy
+    assert "AcquisitionDateTime" not in out  # X/Z/D, Type 3 in the CT Image IOD: removed
     assert out.LongitudinalTemporalInformationModified == "REMOVED"
 
 

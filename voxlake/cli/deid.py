@@ -119,6 +119,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"written {summary.written}, excluded {summary.excluded}, errors {summary.errors}, "
               f"not DICOM {summary.skipped} "
               f"of {summary.files} files; {summary.seconds:.1f} s{rate}")
-        for problem in d["problems"]:
-            print(f"  {problem['status']}: {problem['source']}: {problem['reason']}")
+        _print_problems(d["problems"])
     return 0 if summary.errors == 0 else 1
+
+
+def _print_problems(problems: list[dict[str, str]], examples: int = 3) -> None:
+    """Problems summarised by status and reason (the reason's text before any per-file detail in
+    parentheses), with a few example files each; --json lists them all."""
+    from collections import defaultdict
+
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for p in problems:
+        groups[(p["status"], p["reason"].split(" (", 1)[0])].append(p["source"])
+    for (status, reason), sources in sorted(groups.items(), key=lambda g: -len(g[1])):
+        print(f"  {status} {len(sources)}: {reason}")
+        for source in sources[:examples]:
+            print(f"    {source}")
+        if len(sources) > examples:
+            print(f"    ... and {len(sources) - examples} more (--json lists every file)")

@@ -1,4 +1,5 @@
-"""``voxlake synth``: synthetic data with ground truth (cohorts, CT phantoms, PHI, scale)."""
+"""``voxlake synth``: synthetic data with ground truth (cohorts, CT phantoms, PHI, scale, an adversarial
+PHI set)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--pixels", default="none", help="none (header-only files, default) or template")
     _common(s)
 
+    a = kinds.add_parser("adversarial", help="one fake patient's PHI planted everywhere de-identification "
+                                             "can miss it (14 SOP classes, 6 character sets), with answer_key.json")
+    a.add_argument("out", help="output folder")
+    a.add_argument("--seed", type=int, default=7)
+    _common(a)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print what was written as one JSON object")
@@ -54,6 +61,8 @@ def _range(text: str, kind: type) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "adversarial":
+        return _adversarial(args)
     from tqdm import tqdm
 
     total = {"scale": getattr(args, "instances", None), "phantoms": getattr(args, "cases", None)}.get(args.kind)
@@ -85,6 +94,23 @@ def run(args: argparse.Namespace) -> int:
         print_json(_jsonable(result))
     else:
         print(result.summary())
+    return 0
+
+
+def _adversarial(args: argparse.Namespace) -> int:
+    """About 40 files in a few seconds: no progress bar; the answer key's summary, or with --json its files
+    and planted values."""
+    from voxlake.synth.adversarial import generate_adversarial, summary
+
+    key = generate_adversarial(args.out, seed=args.seed)
+    if args.json:
+        from voxlake.cli.output import print_json
+
+        print_json({"out": str(args.out), "seed": args.seed, "answer_key": str(Path(args.out) / "answer_key.json"),
+                    "files": len(key["files"]), "sop_classes": sorted({f["sop_class_uid"] for f in key["files"]}),
+                    "planted": len(key["planted"]), "must_survive": [r["value"] for r in key["must_survive"]]})
+    else:
+        print(summary(key))
     return 0
 
 

@@ -1,24 +1,42 @@
 """De-identify a DICOM header (a pydicom Dataset) with a :class:`~voxlake.deid.profile.Profile`.
 
-Every element is visited, in nested sequences to any depth, private blocks and the file meta
-information. Replacements are keyed (:class:`~voxlake.deid.keys.Secret`), so the same UID becomes the
-same new UID in every file (a SEG's references still point to its CT), the same Patient ID the same
-pseudonym, and one patient's dates all move by the same offset.
+Every element is visited, in nested sequences to any depth (an explicit stack: no recursion limit),
+private blocks and the file meta information. Replacements are keyed
+(:class:`~voxlake.deid.keys.Secret`), so the same UID becomes the same new UID in every file (a
+SEG's references still point to its CT), the same Patient ID the same pseudonym, and one patient's
+dates all move by the same offset.
 
-Actions on an element (PS3.15 E.1.1 codes, after :meth:`Profile.action`):
+**Nothing passes unless known safe.** Each element is decided in this order:
+
+1. A recipe's action for the tag (the user's word wins).
+2. Private elements: removed, with their creators, unless Retain Safe Private keeps them (the
+   recipe's safe list); a private element without a creator is removed.
+3. The PS3.15 Table E.1-1 action under the chosen options (:meth:`Profile.action`), its combined
+   codes resolved by the element's Type at its place in the object's IOD
+   (:func:`voxlake.deid.iod.iod_types`; the strictest Type when the SOP Class is not in the
+   standard's tables).
+4. An element the Table does not list: UIDs are replaced (U) unless public (the standard's own,
+   coding schemes, transfer syntaxes) or Retain UIDs is chosen; sequences are walked; numbers and
+   pixel-description values are kept; person names are emptied; dates and times are shifted under
+   Retain Longitudinal Modified Dates, kept under Full Dates and removed otherwise; URIs and elements
+   of unknown VR (UN) are removed; text (LO, SH, ST, LT, UT, UC, CS) is scrubbed
+   (:mod:`voxlake.deid.scrub`): code values of standard coding schemes and structural code strings
+   against the patient's deny-list only, everything else against the deny-list and the PHI
+   patterns. SR TEXT values (TextValue) are scrubbed under Clean Structured Content and replaced by
+   a dummy otherwise.
+5. What the IOD requires is never deleted: an X on a Type 1 element becomes D, on a Type 2 element
+   Z; a sequence left without items is removed unless it is Type 2.
+
+Actions on an element (PS3.15 E.1.1 codes):
 
 * X removes it; Z empties it (a sequence loses its items); K keeps it.
 * D writes a dummy of its VR; for Patient ID a keyed pseudonym, for UIDs a keyed UID.
 * U replaces each UID with a keyed ``2.25.`` UID (UIDs of the standard, ``1.2.840.10008.*``, stay).
 * C: dates and times move back by the patient's offset (paired Date and Time attributes move
-  together, as one point in time, so intervals survive exactly); text loses every value of this
-  instance's identifying attributes (names in their variants, IDs, dates in the usual spellings) and
-  anything that reads as a date, phone number, e-mail or SSN; overlay bitmaps and other binary values
-  are removed (they cannot be cleaned yet).
+  together, as one point in time, so intervals survive exactly); text is scrubbed (step 4's
+  scrubber); overlay bitmaps and other binary values are removed (they cannot be cleaned yet).
 * Sequences that are kept, dummied, cleaned or U are walked; their items get the same treatment.
 
-Attributes the Table does not list are kept, except UIDs not registered by the standard, which are
-replaced as U unless Retain UIDs is chosen (a private implementation may put identifying UIDs there).
 Pixel data is not touched: burned-in annotation is the pixel step's job (``BurnedInAnnotation`` is
 left as found).
 """
@@ -27,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import re
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -38,13 +55,18 @@ from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 
+from voxlake.deid.iod import iod_types
 from voxlake.deid.keys import Secret
 from voxlake.deid.profile import TABLE, Action, Option, PrivateTag, Profile
+from voxlake.deid.scrub import Identity, Scrubber
 
-__all__ = ["AuditEntry", "Deidentified", "Deidentifier"]
+__all__ = ["AuditEntry", "Deidentified", "Deidentifier", "identity_of"]
 
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
+_SCRUBBED_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "CS", "AE"})
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_KEPT_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT", "IS", "DS", "AS", "OB", "OD",
+                       "OF", "OL", "OV", "OW"})
 _DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANONYMOUS", "CS": "ANONYMOUS", "AE": "ANONYMOUS",
           "LT": "ANONYMOUS", "ST": "ANONYMOUS", "UT": "ANONYMOUS", "UC": "ANONYMOUS", "DA": "19000101",
           "TM": "000000", "DT": "19000101000000", "AS": "000Y", "IS": "0", "DS": "0", "UR": ""}
@@ -53,19 +75,26 @@ _PUBLIC_UID_KEYWORDS = frozenset({
     "CodingSchemeUID", "MappingResourceUID", "ContextUID", "ImplementationClassUID", "TransferSyntaxUID",
     "PrivateInformationCreatorUID", "ContextGroupExtensionCreatorUID", "TemplateExtensionCreatorUID",
 })
-_PATTERNS = re.compile(
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"  # e-mail
-    r"|\b\d{3}-\d{2}-\d{4}\b"  # SSN
-    r"|\+?\(?\d{2,4}\)?[\s.-]\d{2,4}[\s.-]\d{3,4}(?:\s*(?:x|ext\.?)\s*\d+)?"  # phone numbers
-    r"|\b\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}\b"  # 03/14/2020, 2020-03-14, 14.03.2020
-    r"|\b\d{1,2}\s+(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{4}\b"
-    r"|\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)[a-z]*\.?\s+\d{1,2},?\s+\d{4}\b"
-    r"|\b(?:19|20)\d{6}\b",  # 20200314
-    re.IGNORECASE,
-)
-_MASK = "*"
-
-
+# Coding schemes of the standard and of public terminologies (PS3.16 Table 8-1): their code values
+# are codes, not identifiers.
+_STANDARD_SCHEMES = frozenset({
+    "DCM", "SCT", "SRT", "SNM3", "LN", "UCUM", "FMA", "RADLEX", "NCIT", "NCIt", "UMLS", "ICD10",
+    "I10", "I9", "I9C", "I10P", "ICD10PCS", "ICD-10-CM", "ICDO3", "ACR", "MDC", "NEU", "UBERON", "MA",
+    "NCBI", "HPC", "ITIS_TSN", "PUBCHEM_CID", "RXNORM", "NDC", "ATC", "MSH", "CPT4", "C4", "C5", "HL7",
+    "NYUMCCG", "ISO3166_1", "ISO639_1", "ISO639_2", "RFC5646", "IBSI", "DC", "MAYONRISBSASRG", "BI",
+    "NICIP", "RFC3066", "ASTM-sigpurpose",
+})
+# Unlisted text attributes that describe the device or the data's structure, never the patient:
+# checked against the patient's deny-list only (the PHI patterns would mask version numbers).
+_STRUCTURAL = frozenset({
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "CodingSchemeDesignator",
+    "CodingSchemeVersion", "ContextIdentifier", "MappingResource", "TemplateIdentifier", "ContextGroupVersion",
+    "SpecificCharacterSet", "ConvolutionKernel", "ImplementationVersionName", "MappingResourceName",
+    "ContentQualification", "SegmentAlgorithmName", "SeriesType", "CodingSchemeRegistry", "LongCodeValue",
+    "URNCodeValue", "FilterType", "FocalSpots", "AnatomicRegionModifierSequence",
+})
+_TEXT_VALUE = 0x0040A160
+_CODE_VALUE = 0x00080100
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """What was done to one element: its path (``ReferencedSeriesSequence[0].SeriesInstanceUID``;
@@ -88,52 +117,6 @@ class Deidentified:
 
 def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-def _fold(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-
-
-class _Cleaner:
-    """Removes this instance's identifying values, and what reads like PHI, from free text."""
-
-    def __init__(self, terms: set[str]) -> None:
-        words = {t for t in terms if len(t) >= 3} | {_fold(t) for t in terms if len(t) >= 3}
-        ordered = sorted(words, key=len, reverse=True)
-        self.regex = (re.compile("|".join(rf"(?<!\w){re.escape(w)}(?!\w)" for w in ordered), re.IGNORECASE)
-                      if ordered else None)
-
-    def clean(self, text: str) -> str:
-        if self.regex is not None:
-            text = self.regex.sub(_MASK, text)
-            if self.regex.search(_fold(text)):  # an accented name written without its accents
-                text = self.regex.sub(_MASK, _fold(text))
-        return _PATTERNS.sub(_MASK, text)
-
-
-def _name_terms(value: str) -> set[str]:
-    terms: set[str] = set()
-    for group in str(value).split("="):
-        parts = [p.strip() for p in group.split("^") if p.strip()]
-        if not parts:
-            continue
-        terms.update(parts)
-        family, given = parts[0], parts[1] if len(parts) > 1 else ""
-        terms.add(" ".join(parts))
-        if given:
-            terms.update({f"{given} {family}", f"{family}, {given}", f"{family},{given}"})
-        for p in parts:
-            terms.update(w for w in re.split(r"[\s,.-]+", p) if w)
-    return terms
-
-
-def _date_terms(value: str) -> set[str]:
-    try:
-        d = datetime.strptime(str(value)[:8], "%Y%m%d").date()
-    except ValueError:
-        return set()
-    return {f"{d:%Y%m%d}", f"{d:%Y-%m-%d}", f"{d:%m/%d/%Y}", f"{d:%d/%m/%Y}", f"{d:%d.%m.%Y}",
-            f"{d:%Y/%m/%d}", f"{d.day} {d:%B} {d.year}", f"{d:%B} {d.day}, {d.year}", f"{d.day} {d:%b} {d.year}"}
 
 
 def _values(elem: DataElement) -> list[str]:
@@ -162,9 +145,70 @@ def _render_time(t: time, digits: int, fraction: str) -> str:
     return f"{t:%H%M%S}"[:digits] + (fraction if digits == 6 else "")
 
 
+_ID_WORDS = ("ID", "Number", "Identifier")
+_TEXT_TERMS = ("Address", "Telephone", "Telecom", "Institution", "Station", "Department", "Serial", "Issuer")
+
+
+def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None) -> Identity:
+    """The deny-list terms ``ds`` holds (:class:`~voxlake.deid.scrub.Identity`, added to
+    ``identity`` when given), read before de-identification changes the dataset: every person name
+    at any depth, private ones included; the values of the identifying attributes the profile does
+    not keep (IDs and their digits, addresses, phone numbers, e-mails, institutions, stations); the
+    birth date; IDs and names in private blocks. Descriptions, which are cleaned, not deny-listed,
+    are left out. Elements are converted from their raw bytes only when needed."""
+    out = identity if identity is not None else Identity()
+    stack = [ds]
+    while stack:
+        current = stack.pop()
+        for tag in current.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
+            tag = int(tag)
+            if tag >> 16 == 0x0002:
+                continue
+            vr = _raw_vr(current, tag)
+            private = (tag >> 16) % 2 == 1
+            if vr == "SQ" or (private and vr == "UN"):
+                try:
+                    elem = current[tag]
+                except Exception:  # a private UN that is not a sequence nor text: nothing to read
+                    continue
+                if elem.VR == "SQ":
+                    stack.extend(reversed(list(elem.value or ())))
+                    continue
+                vr = elem.VR
+            if vr == "PN":
+                for v in _values(current[tag]):
+                    out.add_name(v)
+                continue
+            if vr == "DA" and tag == 0x00100030:
+                for v in _values(current[tag]):
+                    out.add_date(v)
+                continue
+            if vr not in ("LO", "SH", "LT", "ST", "UT", "UC"):
+                continue
+            if private:
+                if vr in ("LO", "SH"):
+                    for v in _values(current[tag]):
+                        if "^" in v:
+                            out.add_name(v)
+                        elif sum(c.isdigit() for c in v) >= 4:
+                            out.add_id(v)
+                continue
+            action = profile.action(tag)
+            if action is None or action is Action.KEEP or action is Action.CLEAN or _is_descriptor(tag):
+                continue
+            keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+            if vr in ("LO", "SH") and any(w in keyword for w in _ID_WORDS):
+                for v in _values(current[tag]):
+                    out.add_id(v)
+            elif any(w in keyword for w in _TEXT_TERMS) or vr in ("LO", "SH"):
+                for v in _values(current[tag]):
+                    out.add_text(v)
+    return out
+
+
 class Deidentifier:
     """Applies a :class:`Profile` with a :class:`Secret`; reusable across files and thread-safe
-    (it holds no per-file state).
+    (it holds no per-file state beyond a cache of compiled scrubbers).
 
     >>> d = Deidentifier(Profile(["retain-longitudinal-modified-dates"]), Secret.read("deid.key"))  # doctest: +SKIP
     >>> result = d.deidentify(pydicom.dcmread("in.dcm"))                                           # doctest: +SKIP
@@ -174,22 +218,43 @@ class Deidentifier:
     def __init__(self, profile: Profile, secret: Secret) -> None:
         self.profile = profile
         self.secret = secret
-        self.retain_uids = Option.RETAIN_UIDS in profile.options
+        options = profile.options
+        self.retain_uids = Option.RETAIN_UIDS in options
+        self.shift_dates = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options
+        self.keep_dates = Option.RETAIN_LONGITUDINAL_FULL_DATES in options
+        self.clean_structured = Option.CLEAN_STRUCTURED_CONTENT in options
+        self._scrubbers: dict[Any, Scrubber] = {}
 
     # -- public -------------------------------------------------------------------------------
 
-    def deidentify(self, ds: Dataset, *, copy_dataset: bool = True) -> Deidentified:
+    def deidentify(self, ds: Dataset, *, copy_dataset: bool = True, identity: Identity | None = None) -> Deidentified:
         """De-identify ``ds`` (a copy of it, unless ``copy_dataset`` is False) and return the result
-        with its audit."""
+        with its audit. ``identity`` adds deny-list terms from the patient's other instances
+        (:func:`identity_of` of each); this instance's own are always used."""
         if copy_dataset:
             ds = copy.deepcopy(ds)
         source_sop = str(ds.get("SOPInstanceUID", "") or "")
         patient_key = str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
-        run = _Run(self, ds, patient_key)
-        run.walk(ds, "")
+        own = identity_of(ds, self.profile)
+        if identity is not None:
+            own.update(identity)
+        run = _Run(self, ds, patient_key, own)
+        run.walk(ds)
         self._file_meta(ds, run)
         self._mark(ds)
         return Deidentified(ds, run.audit, source_sop, patient_key)
+
+    def scrubber(self, identity: Identity, offset: timedelta | None) -> Scrubber:
+        """A compiled scrubber for ``identity`` (cached: a patient's files share one)."""
+        key = (frozenset(identity.words), frozenset(identity.infixes), frozenset(identity.digits),
+               frozenset(identity.dates), offset)
+        found = self._scrubbers.get(key)
+        if found is None:
+            if len(self._scrubbers) > 32:
+                self._scrubbers.clear()
+            shift = None if offset is None else (lambda d, days=offset.days: d - timedelta(days=days))
+            found = self._scrubbers[key] = Scrubber(identity, shift=shift)
+        return found
 
     # -- whole-dataset steps ------------------------------------------------------------------
 
@@ -252,108 +317,158 @@ class Deidentifier:
 
 
 class _Run:
-    """The state of one dataset's de-identification: its audit, cleaner and date offset."""
+    """The state of one dataset's de-identification: its audit, scrubber, date offset and the
+    Types its IOD gives its attributes."""
 
-    def __init__(self, d: Deidentifier, ds: Dataset, patient_key: str) -> None:
+    def __init__(self, d: Deidentifier, ds: Dataset, patient_key: str, identity: Identity) -> None:
         self.d = d
         self.profile = d.profile
         self.audit: list[AuditEntry] = []
         self.offset = d.secret.date_offset(patient_key)
-        # the deny-list must be read before the walk changes the dataset; only options (or a
-        # recipe) give C actions on text, so the plain Basic Profile skips the extra pass
-        self._cleaner = _Cleaner(self._terms(ds)) if d.profile.options or d.profile.recipe.actions else None
-
-    @property
-    def cleaner(self) -> _Cleaner:
-        return self._cleaner or _Cleaner(set())
-
-    def _terms(self, ds: Dataset) -> set[str]:
-        """The identifying values of the (original) dataset: every value of an attribute the profile
-        does not keep, names in their variants, dates in their usual spellings."""
-        terms: set[str] = set()
-        for elem in self._identifying(ds):
-            private = elem.tag.is_private
-            action = None if private else self.profile.action(elem.tag)
-            for v in _values(elem):
-                if elem.VR == "PN":
-                    terms |= _name_terms(v)
-                elif elem.VR in ("DA", "DT"):
-                    terms |= _date_terms(v)
-                elif elem.VR in ("LO", "SH") and not private and action is not Action.CLEAN \
-                        and not _is_descriptor(elem.tag):
-                    terms.add(v.strip())  # identifiers, addresses, phones; not descriptions
-        return {t for t in terms if t and not t.isspace()}
-
-    def _identifying(self, ds: Dataset) -> Iterator[DataElement]:
-        """Elements, at any depth, whose values may identify: private ones, person names, and
-        those the profile does not keep. Others are not converted from their raw bytes."""
-        for tag in sorted(int(t) for t in ds.keys()):  # noqa: SIM118 (iterating a Dataset converts)
-            vr = _raw_vr(ds, tag)
-            private = (tag >> 16) % 2 == 1
-            if vr == "SQ" or private:
-                elem = ds[tag]
-                if elem.VR == "SQ":
-                    for item in elem.value or ():
-                        yield from self._identifying(item)
-                    continue
-            elif vr in _BINARY_VRS or (vr != "PN" and self.profile.action(tag) in (None, Action.KEEP)):
-                continue
-            elem = ds[tag]
-            if elem.VR not in _BINARY_VRS and elem.VR != "SQ":
-                yield elem
+        self.scrubber = d.scrubber(identity, self.offset if d.shift_dates else None)
+        self.types = iod_types(str(ds.get("SOPClassUID", "") or ""))
+        self.shifts = bool(d.profile.options or d.profile.recipe.actions)
 
     # -- the walk -----------------------------------------------------------------------------
 
-    def walk(self, ds: Dataset, prefix: str) -> None:
+    def walk(self, root: Dataset) -> None:
+        """Every dataset of ``root`` (items of sequences at any depth), with an explicit stack."""
+        stack: list[tuple[Dataset, str, tuple[str, ...]]] = [(root, "", ())]
+        while stack:
+            ds, prefix, kpath = stack.pop()
+            pushed: list[tuple[Dataset, str, tuple[str, ...]]] = []
+            self._dataset(ds, prefix, kpath, pushed)
+            stack.extend(reversed(pushed))  # items in document order
+
+    def _type(self, kpath: tuple[str, ...], tag: int) -> int | None:
+        """The element's Type at its place (1, 2 or 3), None when the IOD is not known."""
+        if self.types is None:
+            return None
+        keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+        if not keyword:
+            return 3
+        return self.types.get(".".join((*kpath, keyword)), 3)
+
+    def _dataset(self, ds: Dataset, prefix: str, kpath: tuple[str, ...],
+                 stack: list[tuple[Dataset, str, tuple[str, ...]]]) -> None:
         # Elements are converted from their raw bytes only when their action needs the value: the
         # rest (most of a header) are written back as they were read, which is most of the speed.
-        originals = _originals(ds) if self._cleaner is not None else {}  # only a CLEAN shifts dates
+        originals = _originals(ds) if self.shifts else {}  # only a CLEAN shifts dates
         creators: dict[int, str] = {}
         kept_blocks: set[int] = set()
+        removed_overlays: set[int] = set()
         for tag in sorted(int(t) for t in ds.keys()):  # noqa: SIM118 (iterating a Dataset converts)
             group, element = tag >> 16, tag & 0xFFFF
-            if group % 2 == 0 and group != 0x0002:
-                action = self.profile.action(tag)
-                if action is None:
-                    vr = _raw_vr(ds, tag)
-                    if vr not in ("UI", "SQ") or (vr == "UI" and self.d.retain_uids):
-                        continue
-                elif self._without_value(ds, tag, action, prefix):
-                    continue
-            elem = ds[tag]
-            path = f"{prefix}{elem.keyword or _tag_text(tag)}"
-            if group % 2 == 1:
-                if 0x0010 <= element <= 0x00FF:
-                    creators[tag] = str(elem.value or "").strip()
-                    continue
-                block = (group << 16) | (element >> 8)
-                creator = str(ds[block].value or "").strip() if block in ds else ""
-                action = self.profile.private_action(PrivateTag(group, creator, element & 0xFF))
-                self.audit.append(AuditEntry(_tag_text(tag), _tag_text(tag), action.value))
-                if action is Action.REMOVE:
-                    del ds[tag]
-                else:
-                    kept_blocks.add(block)
-                    if elem.VR == "SQ":
-                        self._items(elem, path)
-                continue
             if group == 0x0002:
                 continue  # file meta in the body: rebuilt by _file_meta
-            action = self.profile.action(tag)
+            if group % 2 == 1:
+                self._private(ds, tag, prefix, kpath, creators, kept_blocks, stack)
+                continue
+            action = self.profile.action(tag, self._type(kpath, tag) if self.types is not None else None)
             if action is None:
-                if elem.VR == "UI" and not self.d.retain_uids and self._private_uid(elem):
-                    action = Action.UID
-                elif elem.VR == "SQ":
-                    self._items(elem, f"{path}")
-                    continue
-                else:
-                    continue
+                self._unlisted(ds, tag, prefix, kpath, originals, stack)
+                continue
+            if tag not in self.profile.recipe.actions:
+                action = self._required(action, self._type(kpath, tag))
+            if (group & 0xFF00) == 0x6000 and element == 0x3000 and action is Action.REMOVE:
+                removed_overlays.add(group)
+            if self._without_value(ds, tag, action, prefix):
+                continue
+            elem = ds[tag]
+            path = f"{prefix}{elem.keyword or _tag_text(tag)}"
             self.audit.append(AuditEntry(path, _tag_text(tag), action.value))
-            self._apply(ds, elem, action, path, originals)
+            self._apply(ds, elem, action, path, kpath, originals, stack)
         for tag, _creator in creators.items():
             if tag not in kept_blocks:
                 del ds[tag]
                 self.audit.append(AuditEntry(_tag_text(tag), _tag_text(tag), Action.REMOVE.value))
+        for group in removed_overlays:  # an overlay without its bitmap is invalid: the plane goes
+            for tag in [int(t) for t in ds.keys() if int(t) >> 16 == group]:  # noqa: SIM118
+                del ds[tag]
+                self.audit.append(AuditEntry(f"{prefix}{_tag_text(tag)}", _tag_text(tag), Action.REMOVE.value))
+
+    @staticmethod
+    def _required(action: Action, iod_type: int | None) -> Action:
+        """What the IOD requires is replaced or emptied, never deleted (and never empty if Type 1)."""
+        if iod_type == 1 and action in (Action.REMOVE, Action.ZERO):
+            return Action.DUMMY
+        if iod_type == 2 and action is Action.REMOVE:
+            return Action.ZERO
+        return action
+
+    def _private(self, ds: Dataset, tag: int, prefix: str, kpath: tuple[str, ...], creators: dict[int, str],
+                 kept_blocks: set[int], stack: list[tuple[Dataset, str, tuple[str, ...]]]) -> None:
+        group, element = tag >> 16, tag & 0xFFFF
+        if 0x0010 <= element <= 0x00FF:
+            creators[tag] = ""
+            return
+        block = (group << 16) | (element >> 8)
+        try:
+            creator = str(ds[block].value or "").strip() if block in ds else ""
+        except Exception:
+            creator = ""
+        action = self.profile.private_action(PrivateTag(group, creator, element & 0xFF))
+        self.audit.append(AuditEntry(f"{prefix}{_tag_text(tag)}", _tag_text(tag), action.value))
+        if action is Action.REMOVE:
+            del ds[tag]
+            return
+        kept_blocks.add(block)
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            self._push(elem, f"{prefix}{_tag_text(tag)}", (*kpath, _tag_text(tag)), stack)
+
+    def _unlisted(self, ds: Dataset, tag: int, prefix: str, kpath: tuple[str, ...], originals: dict[str, str],
+                  stack: list[tuple[Dataset, str, tuple[str, ...]]]) -> None:
+        """Step 4 of the module's decision order: an element the Table does not list."""
+        vr = _raw_vr(ds, tag)
+        if vr in _KEPT_VRS or " " in vr:  # numbers, pixel data and its descriptions; "US or SS"
+            return
+        if vr == "UI" and self.d.retain_uids:
+            return
+        elem = ds[tag]
+        path = f"{prefix}{elem.keyword or _tag_text(tag)}"
+        vr = elem.VR
+        if vr == "SQ":
+            self._push(elem, path, (*kpath, elem.keyword or _tag_text(tag)), stack)
+            return
+        if vr == "UI":
+            if self._private_uid(elem):
+                self.audit.append(AuditEntry(path, _tag_text(tag), Action.UID.value))
+                self._apply(ds, elem, Action.UID, path, kpath, originals, stack)
+            return
+        if vr in ("DA", "TM", "DT"):
+            if self.d.keep_dates:
+                return
+            action = Action.CLEAN if self.d.shift_dates else Action.REMOVE
+        elif vr == "PN":
+            action = Action.ZERO
+        elif vr in _SCRUBBED_VRS:
+            self._scrub(ds, elem, path)
+            return
+        else:  # UN (an unknown tag, whatever its bytes hold), UR, binary VRs the dictionary does not know
+            action = Action.REMOVE
+        self.audit.append(AuditEntry(path, _tag_text(tag), action.value))
+        self._apply(ds, elem, action, path, kpath, originals, stack)
+
+    def _scrub(self, ds: Dataset, elem: DataElement, path: str) -> None:
+        """Scrub an unlisted text element in place (audited as C only when something changed)."""
+        keyword = elem.keyword
+        if keyword in _STRUCTURAL:
+            return
+        values = _values(elem)
+        if not values:
+            return
+        if elem.tag == _TEXT_VALUE and not self.d.clean_structured:
+            new = ["ANONYMOUS" for _ in values]  # SR text: only Clean Structured Content keeps it
+        elif elem.tag == _CODE_VALUE and str(ds.get("CodingSchemeDesignator", "") or "").strip() in _STANDARD_SCHEMES:
+            return
+        elif elem.VR in ("CS", "AE"):
+            new = [self.scrubber.scrub(v, patterns=False, mask="X") for v in values]
+        else:
+            new = [self.scrubber.scrub(v) for v in values]
+        if new != values:
+            elem.value = new[0] if len(new) == 1 else new
+            self.audit.append(AuditEntry(path, _tag_text(elem.tag), Action.CLEAN.value))
 
     def _without_value(self, ds: Dataset, tag: int, action: Action, prefix: str) -> bool:
         """Apply REMOVE, or ZERO and DUMMY to a plain element, from its VR alone: its value is never
@@ -377,9 +492,11 @@ class _Run:
             ds[tag] = DataElement(tag, vr, _DUMMY.get(vr, empty_value_for_VR(vr) if vr in _BINARY_VRS else 0))
         return True
 
-    def _items(self, elem: DataElement, path: str) -> None:
+    @staticmethod
+    def _push(elem: DataElement, path: str, kpath: tuple[str, ...],
+              stack: list[tuple[Dataset, str, tuple[str, ...]]]) -> None:
         for i, item in enumerate(elem.value or ()):
-            self.walk(item, f"{path}[{i}].")
+            stack.append((item, f"{path}[{i}].", kpath))
 
     @staticmethod
     def _private_uid(elem: DataElement) -> bool:
@@ -387,16 +504,19 @@ class _Run:
             return False
         return any(v and not v.startswith("1.2.840.10008.") for v in _values(elem))
 
-    def _apply(self, ds: Dataset, elem: DataElement, action: Action, path: str,
-               originals: dict[str, str]) -> None:
+    def _apply(self, ds: Dataset, elem: DataElement, action: Action, path: str, kpath: tuple[str, ...],
+               originals: dict[str, str], stack: list[tuple[Dataset, str, tuple[str, ...]]]) -> None:
         vr = elem.VR
         if action is Action.REMOVE:
             del ds[elem.tag]
         elif vr == "SQ":
             if action is Action.ZERO:
-                elem.value = []
+                if self._type(kpath, elem.tag) in (1, 3):  # an empty sequence is valid only as Type 2
+                    del ds[elem.tag]
+                else:
+                    elem.value = []
             else:
-                self._items(elem, path)
+                self._push(elem, path, (*kpath, elem.keyword or _tag_text(elem.tag)), stack)
         elif action is Action.KEEP:
             pass
         elif action is Action.ZERO:
@@ -420,8 +540,11 @@ class _Run:
         if vr in ("DA", "TM", "DT"):
             shifted = [self._shift(vr, v, elem.keyword, originals) for v in _values(elem)]
             elem.value = shifted[0] if len(shifted) == 1 else shifted
+        elif vr == "PN":
+            elem.value = elem.empty_value
         elif vr in _TEXT_VRS:
-            cleaned = [self.cleaner.clean(v) for v in _values(elem)]
+            mask = "X" if vr in ("CS", "AE") else "*"
+            cleaned = [self.scrubber.scrub(v, patterns=vr not in ("CS", "AE"), mask=mask) for v in _values(elem)]
             elem.value = cleaned[0] if len(cleaned) == 1 else cleaned
         elif vr in _BINARY_VRS:
             del ds[elem.tag]  # overlay bitmaps and the like cannot be cleaned yet: remove
@@ -517,11 +640,17 @@ def _originals(ds: Dataset) -> dict[str, str]:
 
 
 def _walk_all(ds: Dataset) -> Iterator[DataElement]:
-    for elem in ds:
+    """Every element at every depth, items after their sequence (an explicit stack)."""
+    stack: list[Iterator[DataElement]] = [iter(ds)]
+    while stack:
+        elem = next(stack[-1], None)
+        if elem is None:
+            stack.pop()
+            continue
         yield elem
         if elem.VR == "SQ":
-            for item in elem.value or ():
-                yield from _walk_all(item)
+            for item in reversed(list(elem.value or ())):
+                stack.append(iter(item))
 
 
 def deidentify(ds: Dataset, profile: Profile, secret: Secret) -> Deidentified:

@@ -11,8 +11,10 @@ module resolves them for a chosen set of :class:`Option` and a user's recipe:
 3. Else the Basic Profile code.
 
 Combined codes are then resolved by the attribute's Type in the IOD of the object (E.1.1):
-X/Z → Z for Type 2; X/D, Z/D → D for Type 1; X/Z/D → Z for Type 2, D for Type 1; X/Z/U* → Z for
-Type 2, U (keep the sequence, replace the UIDs it holds) for Type 1. Type 3 takes the first code.
+X/Z → Z for Type 2; X/D, Z/D → D for Type 1; X/Z/D → Z for Type 2, D for Type 1. Type 3 takes the
+first code. X/Z/U* (sequences of references) is always U: the sequence stays, its UIDs are replaced
+and every other element in it is decided like any other; replaced UIDs disclose no more than an
+empty sequence, and a SEG's frames stay linked to their source images.
 **When the Type is not known**, voxlake assumes the strictest Type (1): a dummy or empty value
 discloses no more than removal does, and the object stays valid (a SEG's Referenced Series keeps
 its links). :data:`KNOWN_TYPES` holds the few attributes whose Type is the same in every IOD that
@@ -321,6 +323,8 @@ class Profile:
             return None
         if tag == 0x00100020 and row.basic == "Z/D" and self.code(row) == "Z/D":
             return Action.DUMMY
+        if self.code(row) == "X/Z/U*":
+            return Action.UID  # references stay, UIDs replaced (see the module docstring)
         return resolve_code(self.code(row), iod_type if iod_type is not None else self.types.get(tag))
 
     def private_action(self, tag: PrivateTag) -> Action:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from struct import error as struct_error
 from typing import Any
 
 from voxlake.deid.errors import DeidentificationError
@@ -51,6 +52,7 @@ class FileOutcome:
     audit: tuple[tuple[str, str, str], ...] = ()
     boxes: tuple[tuple[int, int, int, int, int, str], ...] = ()  # (frame, x, y, w, h, reason); frame -1: all
     mapping: tuple[tuple[str, str, str], ...] = ()  # (kind, original, replacement), only when asked
+    source_sha256: str = ""
 
 
 @dataclass(slots=True)
@@ -157,6 +159,34 @@ def _burned_in_reason(ds: Any) -> str:
     return ""
 
 
+def _screen_reason(ds: Any) -> str:
+    """Why the pixels must not be written as they are: text found by the screen (whatever Burned In
+    Annotation says), or pixels the screen cannot decode. "" when they are clear."""
+    from voxlake.deid.screen import screen_dataset
+
+    try:
+        regions = screen_dataset(ds)
+    except MissingExtraError:
+        raise
+    except Exception as exc:
+        return (f"pixel data cannot be decoded to look for burned-in text ({type(exc).__name__}){_NOT_CLEANED}")
+    if not regions:
+        return ""
+    frames = sorted({r.frame for r in regions})
+    where = f"frame {frames[0]}" if len(frames) == 1 else f"{len(frames)} frames"
+    return (f"text found in the pixels ({len(regions)} text line{'s' * (len(regions) > 1)}, {where}; "
+            f"Burned In Annotation {str(ds.get('BurnedInAnnotation', '') or 'absent').upper()}){_NOT_CLEANED}")
+
+
+def _pixel_terms(identity: Any) -> set[str]:
+    """The patient's deny-listed words and digit runs, as the pixel step compares OCR words."""
+    if identity is None:
+        return set()
+    from voxlake.deid.pixels import _norm
+
+    return {t for t in (_norm(w) for w in (*identity.words, *identity.digits)) if len(t) >= 3}
+
+
 def _open(uri: str) -> Any:
     if "://" in uri:
         import fsspec
@@ -165,53 +195,111 @@ def _open(uri: str) -> Any:
     return open(uri, "rb")
 
 
-def _one(job: _Job, source: str, dest: str | None, out_root: str | None) -> FileOutcome:
-    """De-identify one file; never raises for a bad file."""
+MAX_SEQUENCE_DEPTH = 64
+"""Sequences nested deeper than this are left out with the reason: no real object comes near (SR
+trees and functional groups stay under ten levels), and pydicom's writer recurses per level."""
+
+
+def _one(job: _Job, source: str, dest: str | None, out_root: str | None,
+         identity: Any = None) -> FileOutcome:
+    """De-identify one file; never raises for a bad file: whatever goes wrong is the file's
+    outcome (``error``, with the reason), and the run goes on."""
+    try:
+        return _one_file(job, source, dest, out_root, identity)
+    except MissingExtraError:
+        raise  # tesseract or pytesseract missing: every file would fail, say so once
+    except Exception as exc:  # RecursionError, MemoryError from a decoder, a pydicom surprise
+        return FileOutcome(source, "error", f"cannot be processed: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:200]
+
+
+def _read(source: str, *, stop_before_pixels: bool = False) -> tuple[Any, str]:
+    """The dataset and the SHA-256 of the file's bytes."""
+    import hashlib
+    import io
+
     import pydicom
+
+    with _open(source) as f:
+        data = f.read()
+    return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels), \
+        hashlib.sha256(data).hexdigest()
+
+
+def _depth(ds: Any, limit: int) -> int:
+    """How deep sequences nest in ``ds``, counting up to ``limit + 1`` (an explicit stack)."""
+    deepest = 0
+    stack = [(ds, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        for elem in current:
+            if elem.VR == "SQ":
+                stack.extend((item, depth + 1) for item in elem.value or ())
+    return deepest
+
+
+def _one_file(job: _Job, source: str, dest: str | None, out_root: str | None, identity: Any) -> FileOutcome:
     from pydicom.errors import InvalidDicomError
 
     try:
-        with _open(source) as f:
-            ds = pydicom.dcmread(f, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        return FileOutcome(source, "error", f"{type(exc).__name__}: {message}")
+        ds, digest = _read(source)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError,
+            RecursionError, struct_error) as exc:
+        return FileOutcome(source, "error", f"unreadable: {type(exc).__name__}: {_first_line(exc)}")
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
         if getattr(ds, "preamble", None) is None and not ds.file_meta:
-            return FileOutcome(source, "skipped", "not DICOM")
-        return FileOutcome(source, "error", "not a DICOM composite instance (no SOP Class or Instance UID)")
+            return FileOutcome(source, "skipped", "not DICOM", source_sha256=digest)
+        return FileOutcome(source, "error", "not a DICOM composite instance (no SOP Class or Instance UID)",
+                           source_sha256=digest)
     d = job.deidentifier()
     fingerprint = d.secret.fingerprint(str(ds.SOPInstanceUID))
+    depth = _depth(ds, MAX_SEQUENCE_DEPTH)
+    if depth > MAX_SEQUENCE_DEPTH:
+        return FileOutcome(source, "excluded", f"sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep: "
+                           "not a real object's structure, left out", source_fingerprint=fingerprint,
+                           source_sha256=digest)
     if job.clean_visual:
         from voxlake.deid.visual import visual_features_risk
 
         risk = visual_features_risk(ds)
         if risk:
             return FileOutcome(source, "excluded", f"recognizable visual features: {risk}; not cleaned "
-                               "(voxlake does not deface)", source_fingerprint=fingerprint)
+                               "(voxlake does not deface)", source_fingerprint=fingerprint, source_sha256=digest)
     boxes: list[Any] = []
-    if job.clean_pixels and str(ds.get("BurnedInAnnotation", "") or "").upper() != "NO" and "PixelData" in ds:
+    has_pixels = "PixelData" in ds
+    flag = str(ds.get("BurnedInAnnotation", "") or "").upper()
+    if job.clean_pixels and has_pixels:
         from voxlake.deid.pixels import clean_pixels, deny_terms
+        from voxlake.deid.screen import screen_dataset
 
         try:
-            boxes = clean_pixels(ds, terms=deny_terms(ds))
+            # the flag is a hint: an image marked NO is still screened, and cleaned if text shows
+            if flag != "NO" or screen_dataset(ds):
+                boxes = clean_pixels(ds, terms=deny_terms(ds) | _pixel_terms(identity))
         except DeidentificationError as exc:
-            return FileOutcome(source, "error", str(exc), source_fingerprint=fingerprint)
+            return FileOutcome(source, "error", str(exc), source_fingerprint=fingerprint, source_sha256=digest)
         except MissingExtraError:
             raise  # tesseract or pytesseract missing: every file would fail, say so once
         except Exception as exc:  # a decoder's surprise on one file: left out, never copied through
             return FileOutcome(source, "error", f"pixel cleaning failed: {type(exc).__name__}: {exc}",
-                               source_fingerprint=fingerprint)
+                               source_fingerprint=fingerprint, source_sha256=digest)
     elif not job.allow_burned_in:
-        reason = _burned_in_reason(ds)
+        reason = _burned_in_reason(ds) or (_screen_reason(ds) if has_pixels else "")
         if reason:
-            return FileOutcome(source, "excluded", reason, source_fingerprint=fingerprint)
+            return FileOutcome(source, "excluded", reason, source_fingerprint=fingerprint, source_sha256=digest)
     original = {k: str(ds.get(k, "") or "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID",
                                                       "SOPInstanceUID")}
     try:
-        result = d.deidentify(ds, copy_dataset=False)
+        result = d.deidentify(ds, copy_dataset=False, identity=identity)
     except Exception as exc:  # one malformed element must not stop the batch, nor pass through
-        return FileOutcome(source, "error", f"{type(exc).__name__}: {exc}", source_fingerprint=fingerprint)
+        return FileOutcome(source, "error", f"{type(exc).__name__}: {exc}", source_fingerprint=fingerprint, source_sha256=digest)
     out = result.dataset
     if job.clean_visual:  # PS3.15 E.3.2: added with NO (what could show the patient was left out above)
         out.RecognizableVisualFeatures = "NO"
@@ -229,7 +317,7 @@ def _one(job: _Job, source: str, dest: str | None, out_root: str | None) -> File
         if "tmp" in locals() and os.path.exists(tmp):
             os.unlink(tmp)
         return FileOutcome(source, "error", f"cannot write {dest}: {type(exc).__name__}: {exc}",
-                           source_fingerprint=fingerprint)
+                           source_fingerprint=fingerprint, source_sha256=digest)
     mapping: tuple[tuple[str, str, str], ...] = ()
     if job.with_mapping:
         new = {"PatientID": str(out.get("PatientID", "") or ""), "StudyInstanceUID": study,
@@ -237,10 +325,57 @@ def _one(job: _Job, source: str, dest: str | None, out_root: str | None) -> File
         mapping = tuple((k, original[k], new[k]) for k in original if original[k])
     return FileOutcome(source, "written", "", dest, fingerprint, sop, study, series,
                        tuple((e.path, e.tag, e.action) for e in result.audit), tuple(b.as_tuple() for b in boxes),
-                       mapping)
+                       mapping, digest)
 
 
-def _run_all(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], workers: int,
+_Task = tuple[str, str | None, str | None, Any]  # source, dest, out root, the patient's Identity
+
+
+def _patient_key(ds: Any) -> str:
+    """Whose instance this is, as :class:`~voxlake.deid.header.Deidentifier` keys its date offset."""
+    return str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
+
+
+def _identity_of_file(job: _Job, source: str) -> tuple[str, Any] | None:
+    """(patient key, deny-list terms) of one file's header; None when it cannot be read."""
+    from voxlake.deid.header import identity_of
+
+    try:
+        ds, _digest = _read(source, stop_before_pixels=True)
+        if _depth(ds, MAX_SEQUENCE_DEPTH) > MAX_SEQUENCE_DEPTH:
+            return None
+        return _patient_key(ds), identity_of(ds, job.deidentifier().profile)
+    except Exception:  # the file's own run reports it
+        return None
+
+
+def _identity_star(args: tuple[_Job, str]) -> tuple[str, Any] | None:
+    return _identity_of_file(*args)
+
+
+def _tasks(job: _Job, items: Sequence[tuple[str, str | None, str | None]], workers: int) -> list[_Task]:
+    """The tasks, each with the deny-list of its patient gathered from every instance of the patient
+    in the run (a first pass over the headers): a name, ID or address that one instance holds is
+    masked in the free text of all of them."""
+    sources = [i[0] for i in items]
+    if workers > 1 and len(sources) > 1:
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+            chunk = max(1, min(64, len(sources) // (workers * 4)))
+            found = list(pool.map(_identity_star, ((job, s) for s in sources), chunksize=chunk))
+    else:
+        found = [_identity_of_file(job, s) for s in sources]
+    from voxlake.deid.scrub import Identity
+
+    merged: dict[str, Identity] = {}
+    for f in found:
+        if f is not None:
+            merged.setdefault(f[0], Identity()).update(f[1])
+    return [(*item, merged.get(f[0]) if f is not None else None) for item, f in zip(items, found, strict=True)]
+
+
+def _run_all(job: _Job, tasks: Sequence[_Task], workers: int,
              progress: Callable[[int], None] | None, engine: str = "local",
              spark_master: str | None = None) -> Iterator[FileOutcome]:
     if engine == "spark":
@@ -268,7 +403,7 @@ def _one_star(args: tuple[Any, ...]) -> FileOutcome:
     return _one(*args)
 
 
-def _run_spark(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], master: str | None,
+def _run_spark(job: _Job, tasks: Sequence[_Task], master: str | None,
                progress: Callable[[int], None] | None) -> Iterator[FileOutcome]:
     """The same per-file function as Spark tasks. The job (profile, recipe, secret) travels with
     each task, so executors derive the same keyed UIDs, pseudonyms and date shifts as the local
@@ -287,7 +422,7 @@ def _run_spark(job: _Job, tasks: Sequence[tuple[str, str | None, str | None]], m
             progress(1)
 
 
-def _one_task(job: _Job, task: tuple[str, str | None, str | None]) -> FileOutcome:
+def _one_task(job: _Job, task: _Task) -> FileOutcome:
     return _one(job, *task)
 
 
@@ -314,7 +449,9 @@ def _list_files(src: Path) -> list[str]:
         return [str(src)]
     if not src.is_dir():
         raise InvalidArgumentError(f"no such file or folder: {src}")
-    return sorted(str(p) for p in src.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    # links are not followed: nothing outside the source folder is read
+    return sorted(str(p) for p in src.rglob("*") if p.is_file() and not p.is_symlink()
+                  and p.name not in ("DICOMDIR", FOLDER_AUDIT))
 
 
 def deidentify_files(src: str | Path, out_dir: str | Path, *, secret: Secret | str | Path | None,
@@ -334,11 +471,49 @@ def deidentify_files(src: str | Path, out_dir: str | Path, *, secret: Secret | s
         on_start(len(files))
     summary = DeidSummary(uuid.uuid4().hex, str(out_dir))
     start = time.perf_counter()
-    for outcome in _run_all(job, [(f, None, str(out_dir)) for f in files], workers, progress, engine,
-                            spark_master):
+    tasks = _tasks(job, [(f, None, str(out_dir)) for f in files], workers)
+    for outcome in _run_all(job, tasks, workers, progress, engine, spark_master):
         summary.add(outcome)
     summary.seconds = time.perf_counter() - start
+    _write_folder_audit(Path(out_dir), summary, job)
     return summary
+
+
+FOLDER_AUDIT = "deid_audit.jsonl"
+
+
+def _write_folder_audit(out: Path, summary: DeidSummary, job: _Job) -> None:
+    """Append one line per source file to ``out/deid_audit.jsonl``: what ``deid_audit`` holds in a
+    research lake, for a folder (``voxlake deid verify`` pairs research files with their sources by
+    the sources' SHA-256). No PHI: sources are named by the SHA-256 of their bytes and a keyed
+    fingerprint, never by path; reasons of unexpected errors by their class only."""
+    import datetime as dt
+
+    import orjson
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    profile = ",".join(("basic", *job.options))
+    with open(out / FOLDER_AUDIT, "ab") as f:
+        for o in summary.outcomes:
+            f.write(orjson.dumps({
+                "run_id": summary.run_id, "source_sha256": o.source_sha256 or None,
+                "source_fingerprint": o.source_fingerprint or None, "status": o.status,
+                "reason": _audit_reason(o), "dest": os.path.relpath(o.dest, out) if o.dest else None,
+                "SOPInstanceUID": o.SOPInstanceUID or None, "profile": profile, "deidentified_at": now,
+                "actions": [{"path": p, "tag": t, "action": a} for p, t, a in o.audit],
+                "pixel_boxes": [dict(zip(("frame", "x", "y", "w", "h", "reason"), b, strict=True)) for b in o.boxes],
+            }) + b"\n")
+
+
+def _audit_reason(o: FileOutcome) -> str:
+    """The reason as the research output may keep it: voxlake's own reasons name no value; an
+    exception's message might (a decoder quoting a header), so only its class is kept."""
+    if o.status != "error":
+        return o.reason
+    head = o.reason.split(":", 1)[0]
+    cls = o.reason.split(":", 2)[1].strip() if o.reason.count(":") >= 2 else ""
+    return f"{head}: {cls}" if cls.isidentifier() else head
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -376,8 +551,8 @@ def deidentify_lake(source: Any, out: str | Path, *, where: str = "TRUE", secret
     summary = DeidSummary(uuid.uuid4().hex, str(out_path))
     start = time.perf_counter()
     sha = {uri: digest for uri, digest in rows}
-    for outcome in _run_all(job, [(uri, None, str(landing)) for uri, _ in rows], workers, progress, engine,
-                            spark_master):
+    tasks = _tasks(job, [(uri, None, str(landing)) for uri, _ in rows], workers)
+    for outcome in _run_all(job, tasks, workers, progress, engine, spark_master):
         summary.add(outcome)
     if summary.written:
         ingest = voxlake.open(str(out_path)).ingest(str(landing), engine=engine, spark_master=spark_master,
@@ -413,7 +588,7 @@ def _write_audit(out: Path, summary: DeidSummary, job: _Job, sha: dict[str, str]
     profile = ",".join(("basic", *job.options))
     rows = [{
         "run_id": summary.run_id, "source_sha256": sha.get(o.source), "source_fingerprint": o.source_fingerprint,
-        "status": o.status, "reason": o.reason, "uri": o.dest or None,
+        "status": o.status, "reason": _audit_reason(o), "uri": o.dest or None,
         "SOPInstanceUID": o.SOPInstanceUID or None, "SeriesInstanceUID": o.SeriesInstanceUID or None,
         "StudyInstanceUID": o.StudyInstanceUID or None, "profile": profile,
         "actions": [{"path": p, "tag": t, "action": a} for p, t, a in o.audit], "deidentified_at": now,

@@ -47,6 +47,7 @@ _CHANGED_ON_PURPOSE = {"00120062", "00120063", "00120064", "00280301", "00280303
                        "00282114", "00080016"}
 _SOURCE_ONLY = {"7FE00010", "7FE00008", "7FE00009"}  # DICOM JSON tags are upper-case hex
 _DUMMIES = {"ANONYMOUS", "UNKNOWN", "NONE", "REMOVED", "N/A"}
+_SCRUBBED = {"LO", "SH", "ST", "LT", "UT", "UC", "CS", "AE"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ class _Source:
 
 
 def _source_facts(meta: dict[str, Any], profile: Any) -> _Source:
+    from voxlake.deid.header import _STRUCTURAL, _is_descriptor
     from voxlake.deid.profile import Action, Option
 
     retain_uids = Option.RETAIN_UIDS in profile.options
@@ -192,6 +194,8 @@ def _source_facts(meta: dict[str, Any], profile: Any) -> _Source:
             continue
         action = Action.REMOVE if private else profile.action(int(tag, 16))
         strings = [str(v) for v in values if v is not None]
+        if action is None and vr in _SCRUBBED and _name(tag) not in _STRUCTURAL:
+            continue  # unlisted free text is scrubbed: neither kept verbatim nor PHI as a whole
         if vr == "UI":
             if not retain_uids and tag not in _PUBLIC_UIDS:
                 uids.update(s for s in strings if s and not s.startswith(_STANDARD_UID))
@@ -213,7 +217,9 @@ def _source_facts(meta: dict[str, Any], profile: Any) -> _Source:
                     terms.setdefault(t, (category, path))
             if action is Action.CLEAN and vr == "DA" and strings:
                 shifted[path] = strings[0]
-        elif vr in ("LO", "SH", "LT", "ST", "UT", "UC", "AE", "AS") and action is not Action.CLEAN:
+        elif vr in ("LO", "SH", "LT", "ST", "UT", "UC", "AE", "AS") and action is not Action.CLEAN \
+                and (private or not _is_descriptor(int(tag, 16))):
+            # a description is free text, checked through the names, IDs and dates it may hold
             for s in strings:
                 terms.setdefault(s.strip(), ("removed", path))
     # a value the source also holds where the profile keeps it (a name word that is also a model name,
