@@ -158,6 +158,12 @@ KNOWN_TYPES: Mapping[int, int] = MappingProxyType({
 })
 
 
+# Where voxlake cleans (C: the scrubber of voxlake.deid.scrub) what the Basic Profile empties: the
+# names of a structure set's regions are its content ("Heart", "Lung_R"); emptied, an RT Structure
+# Set is useless for research. The scrubber removes the patient's identifiers and PHI patterns.
+CLEANED_BY_DEFAULT = frozenset({"30060026"})  # ROI Name
+
+
 def resolve_code(code: str, iod_type: int | None) -> Action:
     """Resolve a Table code, combined ones included, for an attribute of Type ``iod_type`` (None:
     unknown, treated as Type 1; see the module docstring)."""
@@ -293,6 +299,8 @@ class Profile:
 
     def code(self, attribute: Attribute) -> str:
         """The Table code for ``attribute`` under the chosen options, before Type resolution."""
+        if attribute.key in CLEANED_BY_DEFAULT:
+            return "C"
         codes = {c for o, c in attribute.options.items() if o in self.options}
         if "C" in codes:
             return "C"

@@ -250,8 +250,11 @@ def _one_file(job: _Job, source: str, dest: str | None, out_root: str | None, id
 
     try:
         ds, digest = _read(source)
+    except RecursionError:
+        return FileOutcome(source, "excluded", "sequences nested too deep to read: not a real object's "
+                           "structure, left out")
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError,
-            RecursionError, struct_error) as exc:
+            struct_error) as exc:
         return FileOutcome(source, "error", f"unreadable: {type(exc).__name__}: {_first_line(exc)}")
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
         if getattr(ds, "preamble", None) is None and not ds.file_meta:
@@ -265,6 +268,11 @@ def _one_file(job: _Job, source: str, dest: str | None, out_root: str | None, id
         return FileOutcome(source, "excluded", f"sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep: "
                            "not a real object's structure, left out", source_fingerprint=fingerprint,
                            source_sha256=digest)
+    if "EncapsulatedDocument" in ds:
+        # PS3.15 E.1-1 would empty it (D), leaving a document without its content: left out instead
+        mime = str(ds.get("MIMETypeOfEncapsulatedDocument", "") or "a document")
+        return FileOutcome(source, "excluded", f"an encapsulated document ({mime}) may hold PHI in its text and "
+                           "cannot be cleaned yet, left out", source_fingerprint=fingerprint, source_sha256=digest)
     if job.clean_visual:
         from voxlake.deid.visual import visual_features_risk
 

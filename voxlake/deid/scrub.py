@@ -13,7 +13,8 @@ presentation text (``Heart``, ``Liver``, ``Lung_R`` survive) and masks, with ``*
 * **patterns** (:func:`phi_spans`): dates in the usual numeric and written forms (shifted by the
   patient's offset, in the same form, when longitudinal dates are kept), phone numbers, e-mail and
   web addresses, US social security numbers, street addresses, a title followed by a name ("Dr.
-  Brennan", "Mrs. Zyxwvut"), and digit runs of 6 or more (record numbers).
+  Brennan", "Mrs. Zyxwvut"), a foreign name in Chinese or Japanese script (its parts joined by a
+  middle dot), and digit runs of 6 or more (record numbers).
 
 The deny-list is exact (after folding); the patterns are deliberately wide where text is free and
 never touch words without digits except after a title or in an address.
@@ -53,6 +54,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, f), k)
      "address", 0),
     (r"\b(?:Dr|DR|Mr|MR|Mrs|MRS|Ms|MS|Miss|Mx|Prof|Sir|Dame|Rev|Herr|Frau|Mme|Mlle)\.?\s+"
      r"(?:[A-Z][\w'-]*\.?\s+){0,2}[A-Z][\w'-]+", "name", 0),
+    # a foreign name written in Chinese or Japanese joins its parts with a middle dot
+    (r"[\u3400-\u9fff]{1,8}[\u00b7\u30fb\u2027\uff65][\u3400-\u9fff]{1,10}", "name", 0),
+    (r"[\u30a0-\u30ff]{1,12}[\u00b7\u30fb\u2027\uff65][\u30a0-\u30ff]{1,12}", "name", 0),
     (r"(?<![\d.])\d{6,}(?![\d.])", "number", 0),
 ))
 _INITIAL = re.compile(r"(?<![\w*])[A-Z]\.?\s*(?=\*)|(?<=\*),?\s*[A-Z]\.(?!\w)")
