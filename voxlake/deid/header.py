@@ -229,15 +229,14 @@ class Deidentifier:
 
     def deidentify(self, ds: Dataset, *, copy_dataset: bool = True, identity: Identity | None = None) -> Deidentified:
         """De-identify ``ds`` (a copy of it, unless ``copy_dataset`` is False) and return the result
-        with its audit. ``identity`` adds deny-list terms from the patient's other instances
-        (:func:`identity_of` of each); this instance's own are always used."""
+        with its audit. ``identity`` is the patient's deny-list gathered from all their instances
+        (:func:`identity_of` of each, this one included); without it, this instance's own is used."""
         if copy_dataset:
             ds = copy.deepcopy(ds)
         source_sop = str(ds.get("SOPInstanceUID", "") or "")
         patient_key = str(ds.get("PatientID", "") or "").strip() or str(ds.get("StudyInstanceUID", "") or "")
-        own = identity_of(ds, self.profile)
-        if identity is not None:
-            own.update(identity)
+        # the patient's identity (from every instance, this one included) or this instance's own
+        own = identity if identity is not None else identity_of(ds, self.profile)
         run = _Run(self, ds, patient_key, own)
         run.walk(ds)
         self._file_meta(ds, run)

@@ -232,6 +232,8 @@ def _read(source: str, *, stop_before_pixels: bool = False) -> tuple[Any, str]:
 
 def _depth(ds: Any, limit: int) -> int:
     """How deep sequences nest in ``ds``, counting up to ``limit + 1`` (an explicit stack)."""
+    from voxlake.deid.header import _raw_vr
+
     deepest = 0
     stack = [(ds, 0)]
     while stack:
@@ -239,9 +241,11 @@ def _depth(ds: Any, limit: int) -> int:
         deepest = max(deepest, depth)
         if deepest > limit:
             return deepest
-        for elem in current:
-            if elem.VR == "SQ":
-                stack.extend((item, depth + 1) for item in elem.value or ())
+        for tag in current.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
+            if _raw_vr(current, int(tag)) == "SQ":  # only sequences are converted from their bytes
+                elem = current[tag]
+                if elem.VR == "SQ":
+                    stack.extend((item, depth + 1) for item in elem.value or ())
     return deepest
 
 
