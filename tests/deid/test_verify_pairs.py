@@ -4,6 +4,7 @@ de-identifier, in the benchmark) is checked against its sources through explicit
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -91,3 +92,28 @@ def test_coding_scheme_uid_kept_by_the_profile_is_not_a_retained_source_uid(tmp_
     report = verify(src, out, ocr=False, pairs={str(out_dir / "sr.dcm"): str(source)})
     assert report.checked["uid_changed_consistent"] > 0
     assert report.passed, report.leaks
+
+
+def test_folders_with_a_pairs_file_on_the_cli(lakes, tmp_path, capsys):
+    """Folders need no lake: ``--pairs FILE.json`` maps research files to source files (relative to
+    the folders); a leak is named by file and location, never by value."""
+    import json as _json
+
+    from voxlake.cli.main import main
+
+    _src, _out, source, out_dir = lakes
+    src_dir = str(Path(source).parent)
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(_json.dumps({"good.dcm": "image1.dcm"}))
+    args = ["deid", "verify", "--source", src_dir, "--deidentified", str(out_dir), "--pairs", str(pairs), "--no-ocr"]
+    assert main([*args, "--json"]) == 1  # leaky.dcm has no pair
+    report = _json.loads(capsys.readouterr().out)
+    leaky_sop = str(pydicom.dcmread(out_dir / "leaky.dcm", stop_before_pixels=True).SOPInstanceUID)
+    assert report["unmatched"] == [leaky_sop] and report["leaks"] == []
+    pairs.write_text(_json.dumps({"good.dcm": "image1.dcm", "leaky.dcm": "image1.dcm"}))
+    assert main([*args, "--json"]) == 1
+    report = _json.loads(capsys.readouterr().out)
+    leaky = [leak for leak in report["leaks"] if leak["file"].endswith("leaky.dcm")]
+    assert leaky and all(len(leak["term"]) == 64 for leak in leaky if leak["kind"] == "header-value")
+    assert not [leak for leak in report["leaks"] if leak["file"].endswith("good.dcm")]
+    assert "waterfall" not in _json.dumps(report).lower()

@@ -43,20 +43,45 @@ def add_parser(sub: Any) -> None:
     f.add_argument("source", help="a DICOM file or a folder")
     f.add_argument("dest", help="output file (for a file) or folder")
     _common(f)
-    v = kinds.add_parser("verify", help="look for the source's PHI in a research lake (headers, OCR of pixels)")
-    v.add_argument("--source", required=True, help="the source lake")
-    v.add_argument("--deidentified", required=True, help="the research lake written by voxlake deid")
+    v = kinds.add_parser("verify", help="look for the source's PHI in de-identified output (headers, bytes, OCR "
+                         "of pixels, overlays and icons)")
+    v.add_argument("--source", required=True, help="the source: a lake or a folder of DICOM files")
+    v.add_argument("--deidentified", required=True,
+                   help="the output: a research lake or a folder written by voxlake deid (paired through its "
+                   "audit), or any de-identified lake or folder with --pairs")
+    v.add_argument("--pairs", default=None, metavar="FILE.json",
+                   help="a JSON object mapping each research file to its source file (paths relative to the "
+                   "folders, or a lake's instances.uri): output of another tool, judged against the Basic "
+                   "Profile and the --options")
+    v.add_argument("--option", action="append", default=[], metavar="OPTION",
+                   help="with --pairs: a PS3.15 option the other tool applied, repeatable")
     v.add_argument("--secret-file", default=None, help="the run's key file: UIDs and Patient IDs checked exactly")
-    v.add_argument("--no-ocr", action="store_true", help="headers and UIDs only (no Tesseract over the pixels)")
+    v.add_argument("--no-ocr", action="store_true", help="headers, bytes and UIDs only (no Tesseract over the pixels)")
     v.add_argument("--json", action="store_true", help="print the report as one JSON object")
     v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import orjson
+
     from voxlake.cli.output import print_json
     from voxlake.deid.verify import format_report, verify
+    from voxlake.errors import InvalidArgumentError
 
-    report = verify(args.source, args.deidentified, secret=args.secret_file, ocr=not args.no_ocr)
+    pairs = None
+    if args.pairs:
+        try:
+            pairs = orjson.loads(Path(args.pairs).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise InvalidArgumentError(f"--pairs {args.pairs}: cannot read it as JSON ({exc})") from None
+        if not isinstance(pairs, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in pairs.items()):
+            raise InvalidArgumentError(f"--pairs {args.pairs}: must be a JSON object of research file → source file")
+    elif args.option:
+        raise InvalidArgumentError("--option is for --pairs (voxlake's own output names its options in its audit)")
+    report = verify(args.source, args.deidentified, secret=args.secret_file, ocr=not args.no_ocr, pairs=pairs,
+                    options=args.option)
     if args.json:
         print_json(report.to_dict())
     else:

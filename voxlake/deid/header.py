@@ -44,6 +44,7 @@ left as found).
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -160,6 +161,7 @@ def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None)
     stack = [ds]
     while stack:
         current = stack.pop()
+        charset: tuple[str, ...] | None = None
         for tag in current.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
             tag = int(tag)
             if tag >> 16 == 0x0002:
@@ -176,34 +178,77 @@ def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None)
                     continue
                 vr = elem.VR
             if vr == "PN":
-                for v in _values(current[tag]):
-                    out.add_name(v)
+                kind = "name"
+            elif vr == "DA" and tag == 0x00100030:
+                kind = "date"
+            elif vr not in ("LO", "SH", "LT", "ST", "UT", "UC"):
                 continue
-            if vr == "DA" and tag == 0x00100030:
-                for v in _values(current[tag]):
-                    out.add_date(v)
-                continue
-            if vr not in ("LO", "SH", "LT", "ST", "UT", "UC"):
-                continue
-            if private:
-                if vr in ("LO", "SH"):
-                    for v in _values(current[tag]):
-                        if "^" in v:
-                            out.add_name(v)
-                        elif sum(c.isdigit() for c in v) >= 4:
-                            out.add_id(v)
-                continue
-            action = profile.action(tag)
-            if action is None or action is Action.KEEP or action is Action.CLEAN or _is_descriptor(tag):
-                continue
-            keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
-            if vr in ("LO", "SH") and any(w in keyword for w in _ID_WORDS):
-                for v in _values(current[tag]):
-                    out.add_id(v)
-            elif any(w in keyword for w in _TEXT_TERMS) or vr in ("LO", "SH"):
-                for v in _values(current[tag]):
-                    out.add_text(v)
+            elif private:
+                if vr not in ("LO", "SH"):
+                    continue
+                kind = "private"
+            else:
+                kind = _identity_kind(profile, tag, vr)
+                if not kind:
+                    continue
+            # a patient's files repeat the same values: their terms are worked out once per process
+            raw = current._dict.get(tag)
+            value = getattr(raw, "value", None)
+            if isinstance(value, bytes) and not hasattr(raw, "keyword"):  # still raw: key on its bytes
+                if charset is None:
+                    charset = tuple(getattr(current, "_character_set", None) or ())
+                key: Any = (kind, value, charset)
+            else:
+                key = (kind, tuple(_values(current[tag])), None)
+            terms = _TERMS.get(key)
+            if terms is None:
+                terms = _terms(kind, _values(current[tag]))
+                if len(_TERMS) > 20000:
+                    _TERMS.clear()
+                _TERMS[key] = terms
+            out.update(terms)
     return out
+
+
+_TERMS: dict[Any, Identity] = {}
+
+
+def _terms(kind: str, values: list[str]) -> Identity:
+    """The deny-list terms of one element's values, by how :func:`identity_of` reads it."""
+    terms = Identity()
+    for v in values:
+        if kind == "name":
+            terms.add_name(v)
+        elif kind == "date":
+            terms.add_date(v)
+        elif kind == "id":
+            terms.add_id(v)
+        elif kind == "text":
+            terms.add_text(v)
+        elif "^" in v:  # private LO/SH: names and IDs that RIS bridges keep there
+            terms.add_name(v)
+        elif sum(c.isdigit() for c in v) >= 4:
+            terms.add_id(v)
+    return terms
+
+
+def _identity_kind(profile: Profile, tag: int, vr: str) -> str:
+    """How :func:`identity_of` reads a standard text element: "id", "text" or "" (not at all)."""
+    kinds: dict[tuple[int, str], str] = profile.__dict__.setdefault("_identity_kinds", {})
+    found = kinds.get((tag, vr))
+    if found is None:
+        action = profile.action(tag)
+        keyword = _keyword(tag)
+        if action is None or action is Action.KEEP or action is Action.CLEAN or _is_descriptor(tag):
+            found = ""
+        elif vr in ("LO", "SH") and any(w in keyword for w in _ID_WORDS):
+            found = "id"
+        elif any(w in keyword for w in _TEXT_TERMS) or vr in ("LO", "SH"):
+            found = "text"
+        else:
+            found = ""
+        kinds[(tag, vr)] = found
+    return found
 
 
 class Deidentifier:
@@ -343,10 +388,10 @@ class _Run:
         """The element's Type at its place (1, 2 or 3), None when the IOD is not known."""
         if self.types is None:
             return None
-        keyword = dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+        keyword = _keyword(tag)
         if not keyword:
             return 3
-        return self.types.get(".".join((*kpath, keyword)), 3)
+        return self.types.get(f"{'.'.join(kpath)}.{keyword}" if kpath else keyword, 3)
 
     def _dataset(self, ds: Dataset, prefix: str, kpath: tuple[str, ...],
                  stack: list[tuple[Dataset, str, tuple[str, ...]]]) -> None:
@@ -363,12 +408,13 @@ class _Run:
             if group % 2 == 1:
                 self._private(ds, tag, prefix, kpath, creators, kept_blocks, stack)
                 continue
-            action = self.profile.action(tag, self._type(kpath, tag) if self.types is not None else None)
+            iod_type = self._type(kpath, tag)
+            action = self.profile.action(tag, iod_type)
             if action is None:
                 self._unlisted(ds, tag, prefix, kpath, originals, stack)
                 continue
             if tag not in self.profile.recipe.actions:
-                action = self._required(action, self._type(kpath, tag))
+                action = self._required(action, iod_type)
             if (group & 0xFF00) == 0x6000 and element == 0x3000 and action is Action.REMOVE:
                 removed_overlays.add(group)
             if self._without_value(ds, tag, action, prefix):
@@ -605,6 +651,11 @@ class _Run:
         width = 4 + 2 * sum(p is not None for p in parts[1:])
         out = f"{moved:%Y%m%d%H%M%S}"[:width]
         return out + ((m[7] or "") if width == 14 else "") + (m[8] or "")
+
+
+@functools.cache
+def _keyword(tag: int) -> str:
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
 
 
 def _is_descriptor(tag: int) -> bool:

@@ -14,7 +14,9 @@ Three sources of boxes, all applied to every frame:
   spellings; fuzzy, at any confidence, because OCR misreads ``KAUFMAN`` as ``KAUPMAN``), when it reads
   as a date, time or long number, or when it is any confident text at all (unknown text in an image
   is annotation, and annotation may name the patient). A line with a PHI hit is redacted whole, so
-  words Tesseract could not read on that line go too.
+  words Tesseract could not read on that line go too. Only a deny-listed value is redacted wherever
+  it is read: the other two need the text screen (:mod:`voxlake.deid.screen`) to have seen rendered
+  text there, as Tesseract reads "words" in noise and anatomy.
 
 Pixel data is decoded with pydicom (any transfer syntax it can decode; colour as RGB) and written
 back in the same transfer syntax when that is lossless and pydicom can encode it (native, Deflated,
@@ -264,8 +266,12 @@ def ocr_words(frame: Any) -> list[Word]:
     return words
 
 
-def text_boxes(words: Sequence[Word], terms: Iterable[str], frame: int) -> list[Box]:
-    """The words to redact (see the module docstring), each with a margin; whole lines for PHI hits."""
+def text_boxes(words: Sequence[Word], terms: Iterable[str], frame: int,
+               regions: Sequence[Any] | None = None) -> list[Box]:
+    """The words to redact (see the module docstring), each with a margin; whole lines for PHI hits.
+    ``regions`` (the text screen's :class:`~voxlake.deid.screen.TextRegion`s of the frame), when
+    given, control OCR's false positives: a word that is not a deny-listed value counts only where
+    the screen saw text (noise is not text)."""
     terms = set(terms)
     out: list[Box] = []
     hit_lines: set[tuple[int, int, int]] = set()
@@ -273,6 +279,8 @@ def text_boxes(words: Sequence[Word], terms: Iterable[str], frame: int) -> list[
         alnum = sum(c.isalnum() for c in w.text)
         if matches_deny(w.text, terms):
             reason = "ocr:header-value"
+        elif regions is not None and not _in_regions(w, regions):
+            continue
         elif _PHI_SHAPE.search(w.text) and w.conf >= _MIN_PATTERN:
             reason = "ocr:phi-pattern"
         elif w.conf >= _MIN_CONFIDENT and alnum >= 2:
@@ -289,6 +297,11 @@ def text_boxes(words: Sequence[Word], terms: Iterable[str], frame: int) -> list[
             x1, y1 = max(w.x + w.w for w in members), max(w.y + w.h for w in members)
             out.append(_margin(Box(frame, x0, y0, x1 - x0, y1 - y0, "ocr:line")))
     return out
+
+
+def _in_regions(w: Word, regions: Sequence[Any], pad: int = 4) -> bool:
+    return any(w.x < r.x + r.w + pad and r.x - pad < w.x + w.w and w.y < r.y + r.h + pad and r.y - pad < w.y + w.h
+               for r in regions)
 
 
 def _margin(b: Box) -> Box:
@@ -334,8 +347,11 @@ def clean_pixels(ds: Any, *, terms: Iterable[str] | None = None, ocr: bool = Tru
     fixed = [*rule_boxes(ds), *ultrasound_boxes(ds)]
     found: list[Box] = []
     if ocr and not any(b.w >= cols and b.h >= rows for b in fixed):
+        from voxlake.deid.screen import screen_frame
+
         for i in range(arr.shape[0]):
-            found += text_boxes(ocr_words(arr[i]), terms, i)
+            regions = screen_frame(arr[i], frame_index=i)
+            found += text_boxes(ocr_words(arr[i]), terms, i, regions)
     # text found on one frame is redacted on all: cine overlays move little, and a frame the OCR
     # read badly must not keep what another frame showed
     boxes = [b for b in (_clip(b, rows, cols) for b in [*fixed, *found]) if b is not None]

@@ -267,7 +267,8 @@ def _one_file(job: _Job, source: str, dest: str | None, out_root: str | None, id
                            source_sha256=digest)
     d = job.deidentifier()
     fingerprint = d.secret.fingerprint(str(ds.SOPInstanceUID))
-    depth = _depth(ds, MAX_SEQUENCE_DEPTH)
+    # the first pass (which gave the identity) found the nesting shallow enough already
+    depth = 0 if identity is not None else _depth(ds, MAX_SEQUENCE_DEPTH)
     if depth > MAX_SEQUENCE_DEPTH:
         return FileOutcome(source, "excluded", f"sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep: "
                            "not a real object's structure, left out", source_fingerprint=fingerprint,

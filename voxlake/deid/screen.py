@@ -469,8 +469,32 @@ def screen_frame(frame: np.ndarray, *, frame_index: int = 0) -> list[TextRegion]
         for x0, y0, x1, y1, n in lines:
             x0, y0 = x0 * f, y0 * f
             x1, y1 = min(cols, x1 * f), min(rows, y1 * f)
+            if _on_an_edge(grey, x0, y0, x1, y1, bright):
+                continue
             regions.append(TextRegion(frame_index, x0, y0, x1 - x0, y1 - y0, n))
     return _merge(regions)
+
+
+def _on_an_edge(grey: np.ndarray, x0: int, y0: int, x1: int, y1: int, bright: bool) -> bool:
+    """Whether a line of "glyphs" is the noisy border of a large object, or noise inside one, rather
+    than text: text has the same background above and below it, and stands well above that
+    background's own noise; the edge of a bright disc has background on one side and the object on
+    the other, and the noise inside the disc is as strong as its "glyphs"."""
+    h = y1 - y0
+    above, below = grey[max(0, y0 - h):max(0, y0 - 1), x0:x1], grey[y1 + 1:y1 + 1 + h, x0:x1]
+    if above.size == 0 or below.size == 0:
+        return False
+    a, b = float(np.median(above)), float(np.median(below))
+    box = grey[y0:y1, x0:x1]
+    around = np.concatenate([above.ravel(), below.ravel()]).astype(np.float32)
+    background = float(np.median(around))
+    # the ink's distance from the background, whichever pass (bright or dark) found the line
+    contrast = max(float(box.max()) - background, background - float(box.min()))
+    if contrast <= 0 or abs(a - b) > 0.5 * contrast:
+        return True
+    # noise where the frame is mostly empty: the frame's noise level says nothing of the object's
+    sigma = 1.4826 * float(np.median(np.abs(around - background)))
+    return contrast < 6 * sigma
 
 
 def _merge(regions: list[TextRegion]) -> list[TextRegion]:

@@ -229,10 +229,16 @@ class Scrubber:
         """(start, end, kind) of the PHI in ``text``: deny-listed terms, and with ``patterns`` the
         pattern matches."""
         spans: list[tuple[int, int, str]] = []
-        folded, index = _fold_with_index(text)
-        for regex, kind in ((self._words, "identity"), (self._infixes, "identity")):
-            if regex is not None:
-                spans += [(index[m.start()], index[m.end()], kind) for m in regex.finditer(folded)]
+        if text.isascii():  # folding keeps every position: no index to map back
+            folded = text.lower()
+            for regex in (self._words, self._infixes):
+                if regex is not None:
+                    spans += [(m.start(), m.end(), "identity") for m in regex.finditer(folded)]
+        else:
+            folded, index = _fold_with_index(text)
+            for regex in (self._words, self._infixes):
+                if regex is not None:
+                    spans += [(index[m.start()], index[m.end()], "identity") for m in regex.finditer(folded)]
         if self._digits is not None:
             spans += [(m.start(), m.end(), "identity") for m in self._digits.finditer(text)]
             # digits written with separators inside ("884 422", "884-422")
@@ -282,8 +288,6 @@ class Scrubber:
 
 def _fold_with_index(text: str) -> tuple[str, list[int]]:
     """The folded text and, for each of its positions (and its end), the position in ``text``."""
-    if text.isascii():
-        return text.lower(), list(range(len(text) + 1))
     out: list[str] = []
     index: list[int] = []
     for i, c in enumerate(text):
