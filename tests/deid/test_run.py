@@ -233,3 +233,37 @@ def test_cli_file_and_errors(tmp_path, secret, capsys, pydicom_files):
     assert main(["deid", "--lake", str(tmp_path), "--out", str(tmp_path / "r"), "--secret-file", str(secret),
                  "--option", "retain-everything"]) == 1
     assert "option must be one of" in capsys.readouterr().err
+
+
+def test_deep_nesting_is_left_out_with_its_reason_and_the_run_goes_on(tmp_path, secret):
+    """Regression: a file with sequences nested deep (a PACS robustness test file) made the whole run
+    stop with a RecursionError. Now the walk has no recursion, a file nested beyond the limit is left
+    out with the reason, and its neighbours are written."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from voxlake.deid.run import MAX_SEQUENCE_DEPTH
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, depth in (("shallow.dcm", 3), ("deep.dcm", MAX_SEQUENCE_DEPTH + 36)):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.PatientName, ds.PatientID, ds.Modality = "ZYXWVUT^QUENTINA", "884422", "OT"
+        item = ds
+        for _ in range(depth):
+            child = Dataset()
+            item.ContentSequence = [child]
+            item = child
+        item.TextValue = "Quentina Zyxwvut, MRN 884422"
+        ds.save_as(src / name, enforce_file_format=True)
+    summary = deidentify_files(src, tmp_path / "out", secret=secret)
+    by_name = {Path(o.source).name: o for o in summary.outcomes}
+    assert by_name["shallow.dcm"].status == "written"
+    assert by_name["deep.dcm"].status == "excluded" and "nested more than" in by_name["deep.dcm"].reason
+    assert summary.errors == 0
+    written = Path(by_name["shallow.dcm"].dest).read_bytes()
+    assert b"ZYXWVUT" not in written.upper() and b"884422" not in written

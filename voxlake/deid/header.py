@@ -150,17 +150,25 @@ _ID_WORDS = ("ID", "Number", "Identifier")
 _TEXT_TERMS = ("Address", "Telephone", "Telecom", "Institution", "Station", "Department", "Serial", "Issuer")
 
 
-def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None) -> Identity:
+class NestingTooDeepError(ValueError):
+    """Sequences nest deeper than :func:`identity_of` was told to accept."""
+
+
+def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None, *,
+                max_depth: int | None = None) -> Identity:
     """The deny-list terms ``ds`` holds (:class:`~voxlake.deid.scrub.Identity`, added to
     ``identity`` when given), read before de-identification changes the dataset: every person name
     at any depth, private ones included; the values of the identifying attributes the profile does
     not keep (IDs and their digits, addresses, phone numbers, e-mails, institutions, stations); the
     birth date; IDs and names in private blocks. Descriptions, which are cleaned, not deny-listed,
-    are left out. Elements are converted from their raw bytes only when needed."""
+    are left out. Elements are converted from their raw bytes only when needed. Raises
+    :class:`NestingTooDeepError` when sequences nest deeper than ``max_depth``."""
     out = identity if identity is not None else Identity()
-    stack = [ds]
+    stack = [(ds, 0)]
     while stack:
-        current = stack.pop()
+        current, depth = stack.pop()
+        if max_depth is not None and depth > max_depth:
+            raise NestingTooDeepError(f"sequences nested more than {max_depth} levels deep")
         charset: tuple[str, ...] | None = None
         for tag in current.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
             tag = int(tag)
@@ -174,7 +182,7 @@ def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None)
                 except Exception:  # a private UN that is not a sequence nor text: nothing to read
                     continue
                 if elem.VR == "SQ":
-                    stack.extend(reversed(list(elem.value or ())))
+                    stack.extend((item, depth + 1) for item in reversed(list(elem.value or ())))
                     continue
                 vr = elem.VR
             if vr == "PN":

@@ -355,10 +355,9 @@ def _identity_of_file(job: _Job, source: str) -> tuple[str, Any] | None:
 
     try:
         ds, _digest = _read(source, stop_before_pixels=True)
-        if _depth(ds, MAX_SEQUENCE_DEPTH) > MAX_SEQUENCE_DEPTH:
-            return None
-        return _patient_key(ds), identity_of(ds, job.deidentifier().profile)
-    except Exception:  # the file's own run reports it
+        # the walk checks the nesting too: a file with an identity is shallow enough to write
+        return _patient_key(ds), identity_of(ds, job.deidentifier().profile, max_depth=MAX_SEQUENCE_DEPTH)
+    except Exception:  # the file's own run reports it (too deep, unreadable)
         return None
 
 
