@@ -29,37 +29,40 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-__all__ = ["MASK", "Identity", "Scrubber", "fold", "phi_spans"]
+__all__ = ["MASK", "MAX_TEXT", "Identity", "Scrubber", "fold", "phi_spans"]
 
 MASK = "*"
+MAX_TEXT = 1_000_000
+"""Characters of one value the scrubber reads; a longer value (no real description or report comes
+near) is replaced whole, so one element cannot hold a run's CPU."""
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",
            "october", "november", "december")
 _MON = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 # (regex, kind). Overlapping spans merge. Names and street addresses are case-sensitive (a capital
 # after a title or a house number); the rest ignore case.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, f), k) for p, k, f in (
-    (r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", "email", re.I),
-    (r"\b(?:https?://|www\.)\S+", "url", re.I),
+    (r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}", "email", re.I),
+    (r"\b(?:https?://|www\.)\S{1,2048}", "url", re.I),
     (r"(?<!\d)\d{3}-\d{2}-\d{4}(?!\d)", "ssn", 0),
     (r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)\s?|\d{2,4}[\s.-])\d{2,4}[\s.-]\d{3,4}"
      r"(?:\s*(?:x|ext\.?)\s*\d+)?(?!\d)", "phone", re.I),
     (r"(?<!\d)(?:19|20)\d{2}[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])(?!\d)", "date", 0),
     (r"(?<!\d)(?:0?[1-9]|[12]\d|3[01])[-/.](?:0?[1-9]|[12]\d|3[01])[-/.](?:\d{4}|\d{2})(?!\d)", "date", 0),
     (r"(?<!\d)(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)", "date", 0),
-    (rf"\b\d{{1,2}}(?:st|nd|rd|th)?[\s-]+{_MON}[\s,-]+\d{{2,4}}\b", "date", re.I),
-    (rf"\b{_MON}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", "date", re.I),
+    (rf"\b\d{{1,2}}(?:st|nd|rd|th)?[\s-]{{1,3}}{_MON}[\s,-]{{1,3}}\d{{2,4}}\b", "date", re.I),
+    (rf"\b{_MON}\s{{1,3}}\d{{1,2}}(?:st|nd|rd|th)?,?\s{{1,3}}\d{{4}}\b", "date", re.I),
     (rf"\b\d{{1,2}}{_MON}\d{{2,4}}\b", "date", re.I),
-    (r"\b\d{1,6}\s+(?:[A-Z][\w'.-]*\s+){1,4}(?i:street|st|avenue|ave|road|rd|drive|dr|lane|ln|boulevard|"
+    (r"\b\d{1,6}\s{1,3}(?:[A-Z][\w'.-]{0,40}\s{1,3}){1,4}(?i:street|st|avenue|ave|road|rd|drive|dr|lane|ln|boulevard|"
      r"blvd|court|ct|way|place|pl|terrace|parkway|pkwy|highway|hwy|square|sq|allee|stra(?:ss|\u00df)e)\b\.?",
      "address", 0),
-    (r"\b(?:Dr|DR|Mr|MR|Mrs|MRS|Ms|MS|Miss|Mx|Prof|Sir|Dame|Rev|Herr|Frau|Mme|Mlle)\.?\s+"
-     r"(?:[A-Z][\w'-]*\.?\s+){0,2}[A-Z][\w'-]+", "name", 0),
+    (r"\b(?:Dr|DR|Mr|MR|Mrs|MRS|Ms|MS|Miss|Mx|Prof|Sir|Dame|Rev|Herr|Frau|Mme|Mlle)\.?\s{1,3}"
+     r"(?:[A-Z][\w'-]{0,40}\.?\s{1,3}){0,2}[A-Z][\w'-]{1,40}", "name", 0),
     # a foreign name written in Chinese or Japanese joins its parts with a middle dot
     (r"[\u3400-\u9fff]{1,8}[\u00b7\u30fb\u2027\uff65][\u3400-\u9fff]{1,10}", "name", 0),
     (r"[\u30a0-\u30ff]{1,12}[\u00b7\u30fb\u2027\uff65][\u30a0-\u30ff]{1,12}", "name", 0),
     (r"(?<![\d.])\d{6,}(?![\d.])", "number", 0),
 ))
-_INITIAL = re.compile(r"(?<![\w*])[A-Z]\.?\s*(?=\*)|(?<=\*),?\s*[A-Z]\.(?!\w)")
+_INITIAL = re.compile(r"(?<![\w*])[A-Z]\.?\s{0,3}(?=\*)|(?<=\*),?\s{0,3}[A-Z]\.(?!\w)")
 
 
 def fold(text: str) -> str:
@@ -249,16 +252,19 @@ class Scrubber:
 
     def _spaced_digits(self, text: str) -> list[tuple[int, int, str]]:
         out = []
-        for m in re.finditer(r"(?<![\d])\d[\d\s().+-]{3,}\d(?!\d)", text):
+        for m in re.finditer(r"(?<![\d])\d[\d\s().+-]{3,40}\d(?!\d)", text):
             digits = "".join(c for c in m.group(0) if c.isdigit())
             if digits in self.identity.digits:
                 out.append((m.start(), m.end(), "identity"))
         return out
 
     def scrub(self, text: str, *, patterns: bool = True, mask: str = MASK) -> str:
-        """``text`` with its PHI replaced by ``mask`` (dates moved when a shift is set)."""
+        """``text`` with its PHI replaced by ``mask`` (dates moved when a shift is set). Text longer
+        than :data:`MAX_TEXT` is replaced whole: scrubbing costs about 2 s a million characters."""
         if not text:
             return text
+        if len(text) > MAX_TEXT:
+            return mask
         spans = self.spans(text, patterns=patterns)
         if not spans:
             return text
