@@ -19,10 +19,10 @@ dates all move by the same offset.
    coding schemes, transfer syntaxes) or Retain UIDs is chosen; sequences are walked; numbers and
    pixel-description values are kept; person names are emptied; dates and times are shifted under
    Retain Longitudinal Modified Dates, kept under Full Dates and removed otherwise; URIs and elements
-   of unknown VR (UN) are removed; text (LO, SH, ST, LT, UT, UC, CS) is scrubbed
-   (:mod:`voxlake.deid.scrub`): code values of standard coding schemes and structural code strings
-   against the patient's deny-list only, everything else against the deny-list and the PHI
-   patterns. SR TEXT values (TextValue) are scrubbed under Clean Structured Content and replaced by
+   of unknown VR (UN) are removed; code strings (CS) are kept, but for the few that are typed labels
+   (Content Label, Graphic Layer...), checked against the patient's deny-list; other text (LO, SH,
+   ST, LT, UT, UC) is scrubbed (:mod:`voxlake.deid.scrub`) against the deny-list and the PHI
+   patterns, but for code values of standard coding schemes and a few device strings, kept. SR TEXT values (TextValue) are scrubbed under Clean Structured Content and replaced by
    a dummy otherwise.
 5. What the IOD requires is never deleted: an X on a Type 1 element becomes D, on a Type 2 element
    Z; a sequence left without items is removed unless it is Type 2.
@@ -94,6 +94,10 @@ _STRUCTURAL = frozenset({
     "ContentQualification", "SegmentAlgorithmName", "SeriesType", "CodingSchemeRegistry", "LongCodeValue",
     "URNCodeValue", "FilterType", "FocalSpots", "AnatomicRegionModifierSequence",
 })
+# Code strings that are labels someone typed rather than enumerated values: checked against the
+# patient's deny-list (a presentation state's Content Label "ZYXWVUT_Q"). Other CS values are kept.
+_CS_LABELS = frozenset({"ContentLabel", "GraphicLayer", "ROIGenerationAlgorithm", "StationAETitle",
+                        "ImageSetLabel", "DoseReferenceStructureType"})
 _TEXT_VALUE = 0x0040A160
 _CODE_VALUE = 0x00080100
 @dataclass(frozen=True, slots=True)
@@ -516,6 +520,8 @@ class _Run:
         elif elem.tag == _CODE_VALUE and str(ds.get("CodingSchemeDesignator", "") or "").strip() in _STANDARD_SCHEMES:
             return
         elif elem.VR in ("CS", "AE"):
+            if keyword not in _CS_LABELS:
+                return  # enumerated values (ValueType TEXT, PatientPosition HFS): structure, not text
             new = [self.scrubber.scrub(v, patterns=False, mask="X") for v in values]
         else:
             new = [self.scrubber.scrub(v) for v in values]

@@ -318,6 +318,7 @@ def _one_file(job: _Job, source: str, dest: str | None, out_root: str | None, id
         out.RecognizableVisualFeatures = "NO"
     study, series, sop = (str(out.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID",
                                                              "SOPInstanceUID"))
+    named = dest is not None  # a file the caller named is replaced; a folder's files never are
     if dest is None:
         assert out_root is not None
         dest = os.path.join(out_root, study or "unknown", series or "unknown", f"{sop}.dcm")
@@ -325,7 +326,10 @@ def _one_file(job: _Job, source: str, dest: str | None, out_root: str | None, id
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
         tmp = f"{dest}.{uuid.uuid4().hex}.tmp"
         out.save_as(tmp, enforce_file_format="TransferSyntaxUID" in out.file_meta)
-        os.replace(tmp, dest)
+        if named:
+            os.replace(tmp, dest)
+        else:
+            dest = _place(tmp, dest, digest)
     except Exception as exc:
         if "tmp" in locals() and os.path.exists(tmp):
             os.unlink(tmp)
@@ -409,6 +413,34 @@ def _run_all(job: _Job, tasks: Sequence[_Task], workers: int,
             yield outcome
             if progress is not None:
                 progress(1)
+
+
+def _place(tmp: str, dest: str, digest: str) -> str:
+    """Move the written ``tmp`` to ``dest`` without replacing another file: two sources may hold
+    the same SOP Instance UID (a re-sent instance, the same image in two transfer syntaxes), and
+    one must not silently overwrite the other. The same bytes again (a rerun) are the same file; other
+    bytes go beside it, named by their source's SHA-256. Atomic across processes (a hard link fails
+    when the name exists)."""
+    import filecmp
+
+    stem = dest[: -len(".dcm")] if dest.endswith(".dcm") else dest
+    for candidate in (dest, f"{stem}.{digest[:16]}.dcm"):
+        try:
+            os.link(tmp, candidate)
+        except FileExistsError:
+            if filecmp.cmp(tmp, candidate, shallow=False):
+                os.unlink(tmp)
+                return candidate
+            continue
+        except OSError:  # no hard links here (some network and FAT file systems)
+            if os.path.exists(candidate):
+                continue
+            os.replace(tmp, candidate)
+            return candidate
+        os.unlink(tmp)
+        return candidate
+    os.replace(tmp, dest)  # the same source's SHA-256 with other bytes: another key or profile
+    return dest
 
 
 def _one_star(args: tuple[Any, ...]) -> FileOutcome:

@@ -532,7 +532,7 @@ _MAX_TERM = 128  # longer whole values (free text) are checked through the names
 
 def _source_facts(ds: Any, profile: Any, identity: Any) -> _Source:
     """The terms to look for in the research instance of ``ds`` (the source), and what to compare."""
-    from voxlake.deid.header import _STANDARD_SCHEMES, _STRUCTURAL, _is_descriptor
+    from voxlake.deid.header import _CS_LABELS, _STANDARD_SCHEMES, _STRUCTURAL, _is_descriptor
     from voxlake.deid.profile import Action, Option
     from voxlake.deid.scrub import fold, phi_spans
 
@@ -572,7 +572,8 @@ def _source_facts(ds: Any, profile: Any, identity: Any) -> _Source:
         standard_code = keyword == "CodeValue" and str(item.get("CodingSchemeDesignator", "") or "").strip() \
             in _STANDARD_SCHEMES
         verbatim = action is Action.KEEP or (action is None and (vr in _KEPT_VRS or keyword in _STRUCTURAL
-                                                                  or standard_code))
+                                                                  or standard_code
+                                                                  or (vr in ("CS", "AE") and keyword not in _CS_LABELS)))
         if verbatim and vr != "PN":
             # what the profile keeps: look-alikes, and (at the top) values that must survive
             look_alikes.update(fold(s).strip() for s in strings)
