@@ -62,3 +62,15 @@ def test_hostile_text_is_scrubbed_in_linear_time(scrubber, hostile):
 
 def test_a_value_beyond_the_limit_is_replaced_whole(scrubber):
     assert scrubber.scrub("x" * (MAX_TEXT + 1)) == "*"
+
+
+@pytest.mark.parametrize(("name", "text", "kept"), [
+    ("WU^LI", "Patient Wu Li seen", "Patient * seen"),
+    ("WU^LI", "LI, WU", "*"),
+    ("WU^LI", "Lithium and wu", "Lithium and wu"),  # two letters alone are too common to mask
+    ("O'BRIEN^SEAN", "OBrien Sean", "* *"),
+])
+def test_short_name_parts_are_masked_together_and_apostrophes_dropped(name, text, kept):
+    identity = Identity()
+    identity.add_name(name)
+    assert Scrubber(identity).scrub(text) == kept

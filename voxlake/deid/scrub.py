@@ -133,10 +133,16 @@ class Identity:
                     if len(part) >= 2:
                         self.infixes.add(fold(part))
                     continue
-                for w in [*re.split(r"[-']", part), part]:
+                for w in [*re.split(r"[-']", part), part, re.sub(r"[-']", "", part)]:
                     if len(w) >= 3 and not w.isdigit():
                         self.words.add(fold(w))
                 self._digits(part)
+            # short parts ("Wu", "Li") are too common to mask alone: the whole name is, in any order
+            parts = [fold(p.strip(" .'-")) for p in group.split("^")[:2] if p.strip(" .'-")]
+            if len(parts) == 2 and not any(_cjk(p) for p in parts) and min(len(p) for p in parts) < 3:
+                family, given = parts
+                self.words.update({f"{family} {given}", f"{given} {family}", f"{family}, {given}",
+                                   f"{family},{given}"})
 
     def add_id(self, value: str) -> None:
         """An identifier (Patient ID, accession number, SSN...): the whole value and its digit runs."""
