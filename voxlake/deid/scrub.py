@@ -142,7 +142,7 @@ class Identity:
             if len(parts) == 2 and not any(_cjk(p) for p in parts) and min(len(p) for p in parts) < 3:
                 family, given = parts
                 self.words.update({f"{family} {given}", f"{given} {family}", f"{family}, {given}",
-                                   f"{family},{given}"})
+                                   f"{family},{given}", f"{given}, {family}"})
 
     def add_id(self, value: str) -> None:
         """An identifier (Patient ID, accession number, SSN...): the whole value and its digit runs."""
