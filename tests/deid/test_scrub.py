@@ -74,3 +74,18 @@ def test_short_name_parts_are_masked_together_and_apostrophes_dropped(name, text
     identity = Identity()
     identity.add_name(name)
     assert Scrubber(identity).scrub(text) == kept
+
+
+@pytest.mark.parametrize("text", ["MR BRAIN WO CONTRAST", "MR Brain", "DR CHEST 2 VIEWS", "MS LESIONS PROTOCOL",
+                                  "CT/MR FUSION"])
+def test_a_modality_or_a_disease_is_not_a_title(scrubber, text):
+    """Regression: "MR BRAIN WO CONTRAST" read as the title Mr and a name, and was masked whole."""
+    assert scrubber.scrub(text) == text
+
+
+@pytest.mark.parametrize("text", ["Dr. Brennan", "DR. ALOYSIUS BRENNAN", "Dr Hartley", "Mrs. Dubois consented",
+                                  "per Mr Okafor"])
+def test_a_title_and_a_name_are_masked(text):
+    out = Scrubber(Identity()).scrub(text)
+    for name in ("Brennan", "BRENNAN", "Hartley", "Dubois", "Okafor"):
+        assert name not in out, (text, out)

@@ -55,8 +55,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, f), k)
     (r"\b\d{1,6}\s{1,3}(?:[A-Z][\w'.-]{0,40}\s{1,3}){1,4}(?i:street|st|avenue|ave|road|rd|drive|dr|lane|ln|boulevard|"
      r"blvd|court|ct|way|place|pl|terrace|parkway|pkwy|highway|hwy|square|sq|allee|stra(?:ss|\u00df)e)\b\.?",
      "address", 0),
-    (r"\b(?:Dr|DR|Mr|MR|Mrs|MRS|Ms|MS|Miss|Mx|Prof|Sir|Dame|Rev|Herr|Frau|Mme|Mlle)\.?\s{1,3}"
+    # a title and a name; "MR BRAIN", "DR CHEST", "MS LESIONS" are a modality or a disease, so an
+    # upper-case title needs its period, and a title without one a name in mixed case
+    (r"\b(?:Dr|DR|Mr|MR|Mrs|MRS|Ms|MS|Miss|Mx|Prof|PROF|Rev|REV|Mme|Mlle)\.\s{1,3}"
      r"(?:[A-Z][\w'-]{0,40}\.?\s{1,3}){0,2}[A-Z][\w'-]{1,40}", "name", 0),
+    (r"\b(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sir|Dame|Rev|Herr|Frau|Mme|Mlle)\s{1,3}"
+     r"(?:[A-Z][a-z][\w'-]{0,40}\.?\s{1,3}){0,2}[A-Z][a-z][\w'-]{0,40}", "name", 0),
     # a foreign name written in Chinese or Japanese joins its parts with a middle dot
     (r"[\u3400-\u9fff]{1,8}[\u00b7\u30fb\u2027\uff65][\u3400-\u9fff]{1,10}", "name", 0),
     (r"[\u30a0-\u30ff]{1,12}[\u00b7\u30fb\u2027\uff65][\u30a0-\u30ff]{1,12}", "name", 0),
