@@ -301,3 +301,32 @@ def test_dciodvfy_finds_no_new_error_in_the_output_of_pydicoms_test_files(tmp_pa
             new[Path(o.source).name] = sorted(added)
     assert new == {}
     assert len({o.dest for o in summary.outcomes if o.status == "written"}) >= summary.written - 2  # none lost
+
+
+def test_a_lake_selection_masks_what_the_patients_other_instances_know(tmp_path, secret):
+    """The deny-list of a patient comes from all their instances in the lake, not only the selected
+    ones: an alias that only an unselected instance holds is masked in a selected one's free text."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    src = tmp_path / "src"
+    src.mkdir()
+    study = generate_uid()
+    for name, modality, extra in (("ct.dcm", "CT", {"ImageComments": "Known to staff as Maplewood"}),
+                                  ("other.dcm", "OT", {"OtherPatientNames": "MAPLEWOOD^Q"})):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+        ds.PatientName, ds.PatientID, ds.Modality = "ZYXWVUT^QUENTINA", "884422", modality
+        for k, v in extra.items():
+            setattr(ds, k, v)
+        ds.save_as(src / name, enforce_file_format=True)
+    lake = voxlake.open(str(tmp_path / "lake"))
+    lake.ingest(str(src), workers=0)
+    summary = deidentify_lake(lake, tmp_path / "research", where="Modality = 'CT'", secret=secret,
+                              options=["clean-descriptors"])
+    assert summary.written == 1
+    out = pydicom.dcmread(next(o.dest for o in summary.outcomes if o.status == "written"))
+    assert out.ImageComments.startswith("Known to staff as") and "Maplewood" not in out.ImageComments

@@ -369,11 +369,13 @@ def _identity_star(args: tuple[_Job, str]) -> tuple[str, Any] | None:
     return _identity_of_file(*args)
 
 
-def _tasks(job: _Job, items: Sequence[tuple[str, str | None, str | None]], workers: int) -> list[_Task]:
+def _tasks(job: _Job, items: Sequence[tuple[str, str | None, str | None]], workers: int,
+           others: Sequence[str] = ()) -> list[_Task]:
     """The tasks, each with the deny-list of its patient gathered from every instance of the patient
-    in the run (a first pass over the headers): a name, ID or address that one instance holds is
-    masked in the free text of all of them."""
-    sources = [i[0] for i in items]
+    in the run, and in ``others`` (the patient's instances a lake holds outside the selection), in a
+    first pass over the headers: a name, ID or address that one instance holds is masked in the free
+    text of all of them."""
+    sources = [i[0] for i in items] + [o for o in others if o not in {i[0] for i in items}]
     if workers > 1 and len(sources) > 1:
         import multiprocessing
 
@@ -388,7 +390,8 @@ def _tasks(job: _Job, items: Sequence[tuple[str, str | None, str | None]], worke
     for f in found:
         if f is not None:
             merged.setdefault(f[0], Identity()).update(f[1])
-    return [(*item, merged.get(f[0]) if f is not None else None) for item, f in zip(items, found, strict=True)]
+    return [(*item, merged.get(f[0]) if f is not None else None)
+            for item, f in zip(items, found[:len(items)], strict=True)]
 
 
 def _run_all(job: _Job, tasks: Sequence[_Task], workers: int,
@@ -595,7 +598,12 @@ def deidentify_lake(source: Any, out: str | Path, *, where: str = "TRUE", secret
     summary = DeidSummary(uuid.uuid4().hex, str(out_path))
     start = time.perf_counter()
     sha = {uri: digest for uri, digest in rows}
-    tasks = _tasks(job, [(uri, None, str(landing)) for uri, _ in rows], workers)
+    # the selected patients' other instances in the lake lend their identifiers to the deny-list
+    others = [r[0] for r in lake.sql(
+        f"SELECT uri FROM instances WHERE PatientID IN (SELECT PatientID FROM instances WHERE ({where}) "
+        f"AND PatientID <> '') "
+        f"AND NOT ({where}) ORDER BY uri").fetchall()]
+    tasks = _tasks(job, [(uri, None, str(landing)) for uri, _ in rows], workers, others)
     for outcome in _run_all(job, tasks, workers, progress, engine, spark_master):
         summary.add(outcome)
     if summary.written:
