@@ -358,7 +358,10 @@ def _identity_of_file(job: _Job, source: str) -> tuple[str, Any] | None:
     from voxlake.deid.header import identity_of
 
     try:
-        ds, _digest = _read(source, stop_before_pixels=True)
+        import pydicom
+
+        with _open(source) as f:  # the header only: no pixel data read, no hash
+            ds = pydicom.dcmread(f, force=True, stop_before_pixels=True)
         # the walk checks the nesting too: a file with an identity is shallow enough to write
         return _patient_key(ds), identity_of(ds, job.deidentifier().profile, max_depth=MAX_SEQUENCE_DEPTH)
     except Exception:  # the file's own run reports it (too deep, unreadable)

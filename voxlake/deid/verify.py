@@ -602,9 +602,12 @@ def _source_facts(ds: Any, profile: Any, identity: Any) -> _Source:
                 shifted[path] = strings[0]
         elif vr in ("LO", "SH", "LT", "ST", "UT", "UC", "AE", "AS", "UN", "OB") and action is not Action.CLEAN \
                 and (private or not _is_descriptor(int(tag, 16))):
-            # a description is free text, checked through the names, IDs and dates it may hold
+            # a description is free text, checked through the names, IDs and dates it may hold; a
+            # private value whole only when it looks like an identifier or a name (vendors copy
+            # protocol words such as "WHOLE BODY_E" into private blocks and into Image ID alike)
             for s in strings:
-                add(s, "removed", path)
+                if not private or sum(c.isdigit() for c in s) >= 4 or "^" in s or "@" in s:
+                    add(s, "removed", path)
     # what reads as PHI in an encapsulated document's text
     for part in _document_texts(ds):
         text = part.decode("latin-1")
