@@ -56,6 +56,7 @@ from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 
+from voxlake.deid.errors import DeidentificationError
 from voxlake.deid.iod import iod_types
 from voxlake.deid.keys import Secret
 from voxlake.deid.profile import TABLE, Action, Option, PrivateTag, Profile
@@ -154,10 +155,6 @@ _ID_WORDS = ("ID", "Number", "Identifier")
 _TEXT_TERMS = ("Address", "Telephone", "Telecom", "Institution", "Station", "Department", "Serial", "Issuer")
 
 
-class NestingTooDeepError(ValueError):
-    """Sequences nest deeper than :func:`identity_of` was told to accept."""
-
-
 def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None, *,
                 max_depth: int | None = None) -> Identity:
     """The deny-list terms ``ds`` holds (:class:`~voxlake.deid.scrub.Identity`, added to
@@ -166,13 +163,14 @@ def identity_of(ds: Dataset, profile: Profile, identity: Identity | None = None,
     not keep (IDs and their digits, addresses, phone numbers, e-mails, institutions, stations); the
     birth date; IDs and names in private blocks. Descriptions, which are cleaned, not deny-listed,
     are left out. Elements are converted from their raw bytes only when needed. Raises
-    :class:`NestingTooDeepError` when sequences nest deeper than ``max_depth``."""
+    :class:`~voxlake.deid.errors.DeidentificationError` when sequences nest deeper than
+    ``max_depth``."""
     out = identity if identity is not None else Identity()
     stack = [(ds, 0)]
     while stack:
         current, depth = stack.pop()
         if max_depth is not None and depth > max_depth:
-            raise NestingTooDeepError(f"sequences nested more than {max_depth} levels deep")
+            raise DeidentificationError(f"sequences nested more than {max_depth} levels deep")
         charset: tuple[str, ...] | None = None
         for tag in current.keys():  # noqa: SIM118 (iterating a Dataset converts every element)
             tag = int(tag)
@@ -246,7 +244,7 @@ def _terms(kind: str, values: list[str]) -> Identity:
 
 def _identity_kind(profile: Profile, tag: int, vr: str) -> str:
     """How :func:`identity_of` reads a standard text element: "id", "text" or "" (not at all)."""
-    kinds: dict[tuple[int, str], str] = profile.__dict__.setdefault("_identity_kinds", {})
+    kinds = profile.identity_kinds
     found = kinds.get((tag, vr))
     if found is None:
         action = profile.action(tag)

@@ -293,6 +293,8 @@ class Profile:
         self.options: frozenset[Option] = frozenset(chosen)
         self.types: dict[int, int] = {**KNOWN_TYPES, **(types or {})}
         self._cache: dict[int, Action | None] = {}
+        # how voxlake.deid.header.identity_of reads each (tag, VR) under this profile, filled as it goes
+        self.identity_kinds: dict[tuple[int, str], str] = {}
 
     def __repr__(self) -> str:
         return f"Profile({sorted(o.value for o in self.options)!r})"
